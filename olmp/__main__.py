@@ -1,0 +1,3 @@
+from olmp.cli import main
+import sys
+sys.exit(main())

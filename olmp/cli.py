@@ -1,0 +1,141 @@
+"""The ``olmp`` command. Each verb wires library calls together; no logic lives here.
+
+Errors the user can fix print one line (``olmp: error: FILE: problem``) and exit 2.
+Verbs with ``--json`` put their JSON on the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from olmp.errors import OlmpError
+
+
+def _print_json(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    if not as_json:
+        print(human(obj))
+    print(json.dumps(obj))
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from olmp import mnist
+
+    if args.dataset == "mnist":
+        info = mnist.prepare_mnist(source=args.source, progress=not args.quiet)
+        print(f"MNIST ready in {info['dir']}")
+        return 0
+    raise OlmpError(f"unknown dataset '{args.dataset}'")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from olmp import train
+
+    res = train.train(args.solver, iters=args.iters, out=args.out, seed=args.seed, progress=not args.quiet)
+    _print_json(res, True, lambda r: f"saved {r['model']}: test accuracy {r['test']['accuracy']:.4f} "
+                f"after {r['iters']} iterations ({r['train_seconds']:.0f} s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from olmp import evaluate
+
+    res = evaluate.evaluate(args.net, args.weights)
+    _print_json(res, args.json, lambda r: f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  ({r['images']} images)")
+    return 0
+
+
+def _human_inspect(r: dict[str, Any]) -> str:
+    lines = [f"{'layer':<10} {'total':>10} {'remaining':>10} {'kept %':>8}"]
+    for name, v in r["layers"].items():
+        lines.append(f"{name:<10} {v['total']:>10} {v['remaining']:>10} {100 * v['remaining'] / v['total']:>7.2f}%")
+    lines.append(f"{'all':<10} {r['total']:>10} {r['remaining']:>10}   ratio {r['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from olmp import weights
+
+    res = weights.summary(weights.read_caffemodel(args.weights))
+    _print_json(res, args.json, _human_inspect)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from olmp import config, pipeline
+
+    exp = config.load(args.experiment)
+    changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed), ("weights", args.weights))
+               if v is not None}
+    exp = config.check(exp.replace(**changes))
+    out = args.out or f"runs/{exp.name}/{exp.optimizer}-seed{exp.seed}"
+    rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)
+    f = rec["final"]
+    summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
+               "test_accuracy": f["test"]["accuracy"], "reference_accuracy": rec["reference"]["test"]["accuracy"]}
+    _print_json(summary, True, lambda r: f"{r['out']}: {r['ratio']:.1f}x ({r['remaining']}/{r['total']}), "
+                f"test accuracy {r['test_accuracy']:.4f} (reference {r['reference_accuracy']:.4f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="olmp", description=__doc__.splitlines()[0])
+    p.add_argument("--verbose", action="store_true", help="show Caffe's own log")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = sub.add_parser("data", help="fetch and convert a data set")
+    d.add_argument("dataset", choices=["mnist"])
+    d.add_argument("--from", dest="source", help="folder with the canonical files (.gz or raw)")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train a net from scratch with Caffe's solver")
+    t.add_argument("--solver", required=True)
+    t.add_argument("--iters", type=int)
+    t.add_argument("--out")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy and loss on the whole test set")
+    e.add_argument("--net", required=True)
+    e.add_argument("--weights", required=True)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser("inspect", help="per-layer total and remaining parameters")
+    i.add_argument("weights")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("prune", help="run the OLMP pipeline of an experiment file")
+    r.add_argument("--experiment", required=True, help="TOML file, or a name in scripts/experiments/")
+    r.add_argument("--optimizer", choices=["ncs", "cmaes", "sampling"])
+    r.add_argument("--seed", type=int)
+    r.add_argument("--weights", help="reference caffemodel (overrides the experiment's)")
+    r.add_argument("--out", help="run folder (default runs/<name>/<optimizer>-seed<seed>)")
+    r.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_prune)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from olmp import caffe_bridge
+
+    caffe_bridge.set_verbose(args.verbose)
+    try:
+        return args.func(args)
+    except OlmpError as exc:
+        print(f"olmp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("olmp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

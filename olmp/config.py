@@ -1,0 +1,205 @@
+"""One experiment = one readable TOML file (scripts/experiments/*.toml).
+
+The dataclasses below hold the settings of reference doc §3; their defaults are
+the paper's LeNet settings. Loading checks every value and reports a bad one in
+one line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from olmp import paths
+from olmp.errors import OlmpError
+
+OPTIMIZER_NAMES = ("ncs", "cmaes", "sampling")
+CONSTRAINTS = ("penalty", "al")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    every: int = 1000  # K: search every K iterations
+    population: int = 10
+    budget: int = 1600  # fitness evaluations per search
+    bounds: tuple[float, float] = (0.0, 10.0)  # crate bounds
+    sigma: tuple[tuple[int, float], ...] = ((0, 5.0),)  # (from iteration, step size)
+    delta: float = 0.08  # allowed accuracy loss
+    constraint: str = "penalty"  # infeasible -> infeasible_fitness, or cma's augmented Lagrangian
+    infeasible_fitness: float = 1.1
+    accuracy_on: str = "minibatch"  # "minibatch" (paper) or "validation"
+    validation_images: int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
+
+    def sigma_at(self, itr: int) -> float:
+        """The step-size schedule: the last entry whose start iteration is <= itr."""
+        value = self.sigma[0][1]
+        for start, s in self.sigma:
+            if itr >= start:
+                value = s
+        return value
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    niter: int = 30001
+    prune_stop_iter: int = 15000
+    initial_crate: float = 0.001
+    gamma: dict[str, float] = field(default_factory=lambda: {"Convolution": 2e-5, "InnerProduct": 2e-4})
+    record_every: int = 500
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    solver: str
+    net: str
+    weights: str
+    layers: tuple[str, ...]
+    optimizer: str = "ncs"
+    seed: int = 1
+    search: SearchConfig = SearchConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    source: str = ""  # the file it came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Experiment":
+        return dataclasses.replace(self, **changes)
+
+
+def _section(cls: type, raw: dict[str, Any], path: Path, prefix: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise OlmpError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}", path)
+    kwargs = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key) if cls is not Experiment else None
+        kwargs[key] = _coerce(value, default, path, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, path: Path, key: str) -> Any:
+    def bad(want: str) -> OlmpError:
+        return OlmpError(f"{key} must be {want}, got {value!r}", path)
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
+        ):
+            raise bad("a table of numbers")
+        return {str(k): float(v) for k, v in value.items()}
+    if key.endswith("bounds"):
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_num(v) for v in value)):
+            raise bad("[lower, upper]")
+        return (float(value[0]), float(value[1]))
+    if key.endswith("sigma"):
+        if _is_num(value):
+            return ((0, float(value)),)
+        if not (isinstance(value, list) and value and all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and _is_num(v[1]) for v in value
+        )):
+            raise bad("a number or a list of [from_iteration, step_size] pairs")
+        return tuple((int(a), float(b)) for a, b in value)
+    return value
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check(exp: Experiment, path: Path | str = "") -> Experiment:
+    """Range checks shared by files and command-line overrides."""
+    s, p = exp.search, exp.pipeline
+
+    def fail(msg: str) -> None:
+        raise OlmpError(msg, path or exp.source or None)
+
+    if exp.optimizer not in OPTIMIZER_NAMES:
+        fail(f"unknown optimizer '{exp.optimizer}' (choose from {', '.join(OPTIMIZER_NAMES)})")
+    if not exp.layers or len(set(exp.layers)) != len(exp.layers):
+        fail("layers must be a non-empty list of distinct layer names")
+    if s.delta < 0 or s.delta > 1:
+        fail(f"search.delta must be in [0, 1], got {s.delta}")
+    if not s.bounds[0] < s.bounds[1]:
+        fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
+    for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
+                        ("search.budget", s.budget, 1), ("pipeline.niter", p.niter, 1),
+                        ("pipeline.record_every", p.record_every, 1),
+                        ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
+        if v < lo:
+            fail(f"{name} must be >= {lo}, got {v}")
+    if p.prune_stop_iter < 0:
+        fail(f"pipeline.prune_stop_iter must be >= 0, got {p.prune_stop_iter}")
+    if any(sig <= 0 for _, sig in s.sigma) or s.sigma[0][0] != 0:
+        fail("search.sigma: step sizes must be > 0 and the first entry must start at iteration 0")
+    if s.constraint not in CONSTRAINTS:
+        fail(f"search.constraint must be one of {', '.join(CONSTRAINTS)}, got '{s.constraint}'")
+    if s.accuracy_on not in ("minibatch", "validation"):
+        fail(f"search.accuracy_on must be 'minibatch' or 'validation', got '{s.accuracy_on}'")
+    if s.accuracy_on == "validation" and s.validation_images <= 0:
+        fail("search.validation_images must be > 0 when search.accuracy_on = 'validation'")
+    if set(p.gamma) - {"Convolution", "InnerProduct"} or any(g < 0 for g in p.gamma.values()):
+        fail("pipeline.gamma must map Convolution/InnerProduct to numbers >= 0")
+    if exp.seed < 0:
+        fail(f"seed must be >= 0, got {exp.seed}")
+    return exp
+
+
+def load(path: str | Path) -> Experiment:
+    """Read and check an experiment file; a bare name means scripts/experiments/NAME.toml."""
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = paths.EXPERIMENTS_DIR / f"{path}.toml"
+    if not path.is_file():
+        raise OlmpError("experiment file not found", path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OlmpError(f"malformed TOML: {exc}", path) from exc
+    top = {k: v for k, v in raw.items() if k not in ("search", "pipeline")}
+    required = ("name", "solver", "net", "weights", "layers")
+    missing = [k for k in required if k not in top]
+    if missing:
+        raise OlmpError(f"missing key(s) {', '.join(missing)}", path)
+    unknown = sorted(set(top) - {f.name for f in dataclasses.fields(Experiment)} - {"source"})
+    if unknown:
+        raise OlmpError(f"unknown key(s) {', '.join(unknown)}", path)
+    for key in ("name", "solver", "net", "weights", "optimizer"):
+        if key in top and not isinstance(top[key], str):
+            raise OlmpError(f"{key} must be a string, got {top[key]!r}", path)
+    if not isinstance(top["layers"], list) or not all(isinstance(x, str) for x in top["layers"]):
+        raise OlmpError(f"layers must be a list of layer names, got {top['layers']!r}", path)
+    if "seed" in top and (isinstance(top["seed"], bool) or not isinstance(top["seed"], int)):
+        raise OlmpError(f"seed must be an integer, got {top['seed']!r}", path)
+    for sec in ("search", "pipeline"):
+        if sec in raw and not isinstance(raw[sec], dict):
+            raise OlmpError(f"[{sec}] must be a table", path)
+    exp = Experiment(
+        **{**top, "layers": tuple(top["layers"])},
+        search=_section(SearchConfig, raw.get("search", {}), path, "search."),
+        pipeline=_section(PipelineConfig, raw.get("pipeline", {}), path, "pipeline."),
+        source=str(path),
+    )
+    return check(exp, path)

@@ -1,0 +1,75 @@
+"""Test-set accuracy and loss of a net, computed in numpy from the logits.
+
+Accuracy and softmax cross-entropy come from the blobs that feed the net's
+SoftmaxWithLoss layer, so every image counts exactly once whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from olmp import caffe_bridge, prototxt, weights
+from olmp.errors import OlmpError
+
+
+def loss_inputs(net: Any) -> tuple[str, str]:
+    """Names of the (logits, label) blobs read by the net's SoftmaxWithLoss layer."""
+    for name, layer in zip(net._layer_names, net.layers):
+        if layer.type == "SoftmaxWithLoss":
+            bottoms = net.bottom_names[name]
+            return bottoms[0], bottoms[1]
+    raise OlmpError("net has no SoftmaxWithLoss layer to read logits and labels from")
+
+
+def batch_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(logits.reshape(len(logits), -1), axis=1) == labels.reshape(-1).astype(int)))
+
+
+def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits.reshape(len(logits), -1).astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(z)), labels.reshape(-1).astype(int)].sum())
+
+
+def test_set_size(net_param: Any) -> int:
+    """Entries in the TEST phase's LMDB source (10,000 for MNIST)."""
+    import lmdb  # noqa: PLC0415
+
+    pb = caffe_bridge.caffe_pb2()
+    for layer in prototxt.layers_in_phase(net_param, pb.TEST):
+        if layer.type == "Data" and layer.data_param.source:
+            with lmdb.open(layer.data_param.source, readonly=True, lock=False) as env:
+                return int(env.stat()["entries"])
+    raise OlmpError("net has no TEST-phase Data layer to evaluate on")
+
+
+def evaluate_net(net: Any, images: int) -> dict[str, Any]:
+    """Run a TEST-phase net over ``images`` images from its data layer's start position."""
+    logits_name, label_name = loss_inputs(net)
+    correct = 0
+    loss_sum = 0.0
+    seen = 0
+    while seen < images:
+        net.forward()
+        logits = net.blobs[logits_name].data
+        labels = net.blobs[label_name].data
+        take = min(len(logits), images - seen)
+        logits, labels = logits[:take], labels[:take]
+        correct += int(np.sum(np.argmax(logits.reshape(take, -1), axis=1) == labels.reshape(-1).astype(int)))
+        loss_sum += _cross_entropy_sum(logits, labels)
+        seen += take
+    return {"accuracy": correct / seen, "loss": loss_sum / seen, "images": seen}
+
+
+def evaluate(net_path: str | Path, weights_path: str | Path) -> dict[str, Any]:
+    """``olmp evaluate``: accuracy and loss over the whole test set."""
+    net_param = prototxt.read_net(net_path)
+    model = weights.read_caffemodel(weights_path)
+    images = test_set_size(net_param)
+    net = caffe_bridge.make_net(net_param, "test")
+    weights.load_into(net, model)
+    return evaluate_net(net, images)

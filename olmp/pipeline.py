@@ -1,0 +1,294 @@
+"""The OLMP pipeline of reference doc §3: pruning and adjusting.
+
+    start from the reference model; one SGD step
+    for itr in 0 .. niter-1:
+        each layer is "selected" with probability 1 / (1 + gamma_l * itr)
+        if itr < prune_stop_iter:
+            selected layers get a mask update with their current crate
+            if itr % K == 0 and at least 2 layers are selected:
+                search the crates of the selected layers (others fixed),
+                starting from the current crates; apply the best crates
+        one SGD step ("adjusting" before prune_stop_iter, "retraining" after)
+
+The run folder holds record.json, pruned.caffemodel (stock Caffe, masked weights
+zeroed) and a checkpoint every ``checkpoint_every`` iterations; ``resume=True``
+continues a killed run to the same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, weights
+from olmp.adjusting import MaskedLayers
+from olmp.candidate import CandidateEvaluator
+from olmp.config import Experiment
+from olmp.errors import OlmpError
+from olmp.search import make_optimizer
+from olmp.thresholds import LayerStats, layer_stats, threshold
+
+WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence: stop before NaN reaches Caffe
+
+
+def selection_probability(gamma: float, itr: int) -> float:
+    """A layer takes part at iteration itr with probability 1 / (1 + gamma_l * itr)."""
+    return 1.0 / (1.0 + gamma * itr)
+
+
+class Pipeline:
+    """One OLMP run of an experiment into a run folder."""
+
+    def __init__(self, exp: Experiment, out: Path, progress: bool = True) -> None:
+        self.exp = exp
+        self.out = Path(out)
+        self.progress = progress
+        sp = prototxt.read_solver(exp.solver)
+        sp.random_seed = exp.seed
+        sp.test_interval = 0  # Caffe would test the dense W; we test W*M ourselves
+        sp.test_initialization = False
+        sp.display = 0
+        sp.snapshot = 0
+        sp.max_iter = exp.pipeline.niter + 1
+        sp.snapshot_format = caffe_bridge.caffe_pb2().SolverParameter.BINARYPROTO
+        sp.snapshot_prefix = str(self.out / ".snapshot" / "snap")
+        self.net_param = sp.net_param
+        caffe_bridge.set_random_seed(exp.seed)
+        self.solver = caffe_bridge.make_solver(sp)
+        self.net = self.solver.net
+        self.test_net = self.solver.test_nets[0]
+        self.test_net.share_with(self.net)  # Caffe only shares inside its own Test(); we test ourselves
+        self.test_images = evaluate.test_set_size(self.net_param)
+        self.data_layer = self.net._layer_names[0]
+        self.types = {n: lay.type for n, lay in zip(self.net._layer_names, self.net.layers)}
+        for name in exp.layers:
+            if name not in self.types:
+                raise OlmpError(f"unknown layer '{name}' (net has {', '.join(self.net.params)})", exp.source)
+            if self.types[name] not in prototxt.PRUNABLE_TYPES:
+                raise OlmpError(f"layer '{name}' is a {self.types[name]}, not Convolution/InnerProduct", exp.source)
+        self.reference = weights.load_weights(self.net, prototxt.resolve_path(exp.weights))
+        # mu_l, sigma_l: computed once from the reference (dense) model
+        self.stats: dict[str, LayerStats] = {
+            n: layer_stats(*[b.data for b in self.net.params[n]][:2]) for n in exp.layers
+        }
+        self.layers = MaskedLayers(self.net, exp.layers)
+        self.layers.attach(self.solver)
+        self.rng = np.random.default_rng(exp.seed)
+        self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
+        self.test_batches = 0
+        self.record: dict[str, Any] = {}
+        self.sgd_seconds = 0.0
+        self.search_seconds = 0.0
+
+    # -- pieces ----------------------------------------------------------------------------
+    def gamma(self, name: str) -> float:
+        return self.exp.pipeline.gamma[self.types[name]]
+
+    def test(self) -> dict[str, Any]:
+        """Test-set accuracy of the masked model (W*M), as saved."""
+        with self.layers.masked():
+            res = evaluate.evaluate_net(self.test_net, self.test_images)
+        self.test_batches += math.ceil(self.test_images / self.test_net.blobs[self._test_label()].data.shape[0])
+        return res
+
+    def _test_label(self) -> str:
+        return evaluate.loss_inputs(self.test_net)[1]
+
+    def batch_accuracy(self) -> float:
+        with self.layers.masked():
+            self.net.forward(start=min(self.exp.layers, key=list(self.net._layer_names).index))
+            logits, labels = evaluate.loss_inputs(self.net)
+            return evaluate.batch_accuracy(self.net.blobs[logits].data, self.net.blobs[labels].data)
+
+    def sgd_step(self, itr: int) -> None:
+        t0 = time.perf_counter()
+        self.solver.step(1)
+        self.sgd_seconds += time.perf_counter() - t0
+        loss = float(self.net.blobs["loss"].data)
+        big = max(float(np.abs(b.data).max()) for n in self.exp.layers for b in self.net.params[n])
+        if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
+            raise OlmpError(
+                f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); the last good "
+                f"checkpoint is kept in {self.out / checkpoint.CHECKPOINT}; lower base_lr in the solver",
+                self.exp.solver,
+            )
+
+    def search(self, itr: int, selected: list[str]) -> dict[str, Any]:
+        """Search the crates of the selected layers, starting from the current crates."""
+        s = self.exp.search
+        t0 = time.perf_counter()
+        seed = int(self.rng.integers(2**31 - 1))
+        x0 = np.array([self.crates[n] for n in selected])
+        options = {"constraint_handling": s.constraint} if self.exp.optimizer == "cmaes" else {}
+        opt = make_optimizer(self.exp.optimizer, x0, s.sigma_at(itr), s.bounds, s.population, s.budget, seed,
+                             **options)
+        evaluator = CandidateEvaluator(self.net, self.layers, self.stats, selected, s.delta)
+        size_before = self.layers.size()
+        trace = []
+        best_margin = None
+        with evaluator.session():
+            while not opt.stop():
+                xs = opt.ask()
+                if not xs:
+                    break
+                evals = [evaluator(x) for x in xs]
+                sizes = [e.size for e in evals]
+                if s.constraint == "penalty":
+                    fit = [e.size if e.feasible else s.infeasible_fitness for e in evals]
+                else:
+                    fit = sizes
+                opt.tell(xs, fit, violations=[-e.margin for e in evals])
+                res = opt.result
+                trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])
+            res = opt.result
+            if res.xbest is not None:
+                best = evaluator(res.xbest)
+                best_margin = best.margin
+            ref_acc = evaluator.reference_accuracy
+        applied = res.xbest is not None and best_margin is not None and best_margin >= 0 and res.fbest <= size_before
+        if applied:
+            for n, c in zip(selected, res.xbest):
+                self.crates[n] = float(c)
+                self.layers.update(n, threshold(self.stats[n], float(c)))
+        seconds = time.perf_counter() - t0
+        self.search_seconds += seconds
+        return {
+            "iteration": itr,
+            "layers": selected,
+            "sigma": s.sigma_at(itr),
+            "seed": seed,
+            "start_crates": x0.tolist(),
+            "best_crates": None if res.xbest is None else [float(c) for c in res.xbest],
+            "applied": bool(applied),
+            "size_before": size_before,
+            "size": self.layers.size(),
+            "batch_accuracy": ref_acc,
+            "accuracy_margin": best_margin,
+            "evaluations": evaluator.evaluations,
+            "trace": trace,
+            "seconds": round(seconds, 3),
+        }
+
+    def layer_summary(self) -> dict[str, dict[str, int]]:
+        return {n: {"total": self.layers.total(n), "remaining": self.layers.remaining(n)} for n in self.exp.layers}
+
+    def ratio(self) -> float:
+        return self.layers.total() / max(self.layers.remaining(), 1)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _state(self, next_itr: int) -> dict[str, Any]:
+        return {
+            "next_itr": next_itr,
+            "crates": self.crates,
+            "rng": self.rng.bit_generator.state,
+            "test_batches": self.test_batches,
+            "record": self.record,
+            "sgd_seconds": self.sgd_seconds,
+            "search_seconds": self.search_seconds,
+        }
+
+    def _save_checkpoint(self, next_itr: int) -> None:
+        checkpoint.save(self.out, self.solver, self.layers.state(), self._state(next_itr))
+
+    def _resume(self) -> int:
+        mask_state, state = checkpoint.load(self.out, self.solver)
+        self.layers.load_state(mask_state)
+        self.crates = {k: float(v) for k, v in state["crates"].items()}
+        self.rng.bit_generator.state = state["rng"]
+        self.record = state["record"]
+        self.sgd_seconds = state["sgd_seconds"]
+        self.search_seconds = state["search_seconds"]
+        # data layers have no saved cursor: replay them to where the killed run stood
+        for _ in range(self.solver.iter):
+            self.net.forward(end=self.data_layer)
+        for _ in range(state["test_batches"]):
+            self.test_net.forward(end=self.test_net._layer_names[0])
+        self.test_batches = state["test_batches"]
+        return int(state["next_itr"])
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        exp, p, s = self.exp, self.exp.pipeline, self.exp.search
+        wall0 = time.perf_counter()
+        if resume and checkpoint.exists(self.out):
+            start = self._resume()
+        else:
+            reference_test = self.test()
+            self.record = {
+                "experiment": exp.to_dict(),
+                "seed": exp.seed,
+                "optimizer": exp.optimizer,
+                "reference": {"weights": exp.weights, "test": reference_test,
+                              "stats": {n: vars(st) for n, st in self.stats.items()}},
+                "searches": [],
+                "progress": [],
+                "finished": False,
+            }
+            self.sgd_step(-1)  # "start from the reference model; one SGD step"
+            start = 0
+        bar = tqdm(total=p.niter, initial=start, desc=f"olmp {exp.name} {exp.optimizer} s{exp.seed}",
+                   unit="it", disable=not self.progress, mininterval=1.0)
+        for itr in range(start, p.niter):
+            draws = self.rng.random(len(exp.layers))
+            selected = [n for n, u in zip(exp.layers, draws) if u < selection_probability(self.gamma(n), itr)]
+            if itr < p.prune_stop_iter:
+                for n in selected:
+                    self.layers.update(n, threshold(self.stats[n], self.crates[n]))
+                if itr % s.every == 0 and len(selected) >= 2:
+                    self.record["searches"].append(self.search(itr, selected))
+            self.sgd_step(itr)
+            if itr % p.record_every == 0 or itr == p.niter - 1:
+                entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
+                         "test_accuracy": self.test()["accuracy"], "crates": dict(self.crates)}
+                self.record["progress"].append(entry)
+                bar.set_postfix(ratio=f"{entry['ratio']:.1f}x", batch=f"{entry['batch_accuracy']:.3f}",
+                                test=f"{entry['test_accuracy']:.4f}")
+            bar.update(1)
+            if (itr + 1) % p.checkpoint_every == 0 and itr + 1 < p.niter:
+                self._save_checkpoint(itr + 1)
+        bar.close()
+        return self._finish(time.perf_counter() - wall0)
+
+    def _finish(self, wall: float) -> dict[str, Any]:
+        final = self.test()
+        with self.layers.masked():
+            weights.save_net(self.net, self.out / "pruned.caffemodel")
+        total, remaining = self.layers.total(), self.layers.remaining()
+        self.record.update({
+            "final": {
+                "total": total,
+                "remaining": remaining,
+                "ratio": total / max(remaining, 1),
+                "layers": self.layer_summary(),
+                "crates": self.crates,
+                "test": final,
+            },
+            "seconds": {"sgd": round(self.sgd_seconds, 2), "search": round(self.search_seconds, 2),
+                        "this_session_wall": round(wall, 2)},
+            "finished": True,
+        })
+        atomic.write_json(self.out / "record.json", self.record)
+        shutil.rmtree(self.out / checkpoint.CHECKPOINT, ignore_errors=True)  # the record is the result now
+        return self.record
+
+
+def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """``olmp prune``: run (or resume, or just report) one experiment into ``out``."""
+    out = Path(out)
+    with checkpoint.RunLock(out):
+        rec_path = out / "record.json"
+        if rec_path.is_file():
+            import json  # noqa: PLC0415
+
+            rec = json.loads(rec_path.read_text())
+            if rec.get("finished"):
+                return rec
+        if checkpoint.exists(out) and not resume:
+            raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)
+        return Pipeline(exp, out, progress).run(resume=resume)

@@ -1,0 +1,138 @@
+"""Read, check and resolve Caffe prototxts in Python, before Caffe sees them.
+
+Caffe CHECK-fails (aborting the whole process) on a malformed net, so every
+problem Python can see is reported here as a one-line OlmpError naming the file.
+Relative data sources and net paths resolve from the repository root, so a
+prototxt works from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from olmp import caffe_bridge, paths
+from olmp.errors import OlmpError
+
+PRUNABLE_TYPES = ("Convolution", "InnerProduct")
+_DATA_PARAMS = ("data_param", "hdf5_data_param", "image_data_param")
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A relative path means relative to the repo root; ``data/...`` means the data dir."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "data":
+        return paths.data_dir().joinpath(*p.parts[1:])
+    return paths.REPO_ROOT / p
+
+
+def _parse(path: str | Path, message: Any, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise OlmpError(f"{what} not found", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OlmpError(f"cannot read {what}: {exc}", path) from exc
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise OlmpError(f"malformed {what}: {exc}", path) from exc
+    return message
+
+
+def read_net(path: str | Path, check_sources: bool = True) -> Any:
+    """Parse and check a net prototxt; data sources come back absolute."""
+    path = resolve_path(path)
+    net = _parse(path, caffe_bridge.caffe_pb2().NetParameter(), "net prototxt")
+    check_net(net, path, check_sources=check_sources)
+    return net
+
+
+def read_solver(path: str | Path) -> Any:
+    """Parse a solver prototxt and embed its (checked, resolved) net as ``net_param``."""
+    path = resolve_path(path)
+    solver = _parse(path, caffe_bridge.caffe_pb2().SolverParameter(), "solver prototxt")
+    if solver.HasField("net"):
+        net = read_net(solver.net)
+        solver.ClearField("net")
+        solver.net_param.CopyFrom(net)
+    elif solver.HasField("net_param"):
+        check_net(solver.net_param, path)
+    else:
+        raise OlmpError("solver names no net (set `net:`)", path)
+    if solver.base_lr <= 0:
+        raise OlmpError(f"base_lr must be > 0, got {solver.base_lr}", path)
+    return solver
+
+
+def _in_phase(layer: Any, phase: int) -> bool:
+    if layer.include:
+        return any(r.HasField("phase") and r.phase == phase or not r.HasField("phase") for r in layer.include)
+    if layer.exclude:
+        return not any(r.HasField("phase") and r.phase == phase for r in layer.exclude)
+    return True
+
+
+def layers_in_phase(net: Any, phase: int) -> list[Any]:
+    return [layer for layer in net.layer if _in_phase(layer, phase)]
+
+
+def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
+    """Reject what would make Caffe abort: unknown types, dangling bottoms, missing data."""
+    pb = caffe_bridge.caffe_pb2()
+    if net.layers:
+        raise OlmpError("uses the pre-2015 `layers` (V1) format; upgrade it with Caffe's upgrade_net_proto_text", path)
+    if not net.layer:
+        raise OlmpError("net has no layers", path)
+    known = set(caffe_bridge.layer_types())
+    for layer in net.layer:
+        if not layer.type:
+            raise OlmpError(f"layer '{layer.name}' has no type", path)
+        if layer.type not in known:
+            raise OlmpError(f"layer '{layer.name}' has unknown type '{layer.type}'", path)
+    for phase in (pb.TRAIN, pb.TEST):
+        produced: set[str] = set(net.input)
+        for layer in layers_in_phase(net, phase):
+            for bottom in layer.bottom:
+                if bottom not in produced:
+                    raise OlmpError(
+                        f"layer '{layer.name}' reads blob '{bottom}' that no earlier layer produces "
+                        f"(missing layer?) in phase {pb.Phase.Name(phase)}",
+                        path,
+                    )
+            produced.update(layer.top)
+        names = [layer.name for layer in layers_in_phase(net, phase)]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise OlmpError(f"duplicate layer name(s) {sorted(dup)} in phase {pb.Phase.Name(phase)}", path)
+    for layer in net.layer:
+        for field in _DATA_PARAMS:
+            if layer.HasField(field) and getattr(layer, field).source:
+                param = getattr(layer, field)
+                src = resolve_path(param.source)
+                param.source = str(src)
+                if check_sources and not src.exists():
+                    hint = " (run `olmp data mnist`)" if "mnist" in src.name else ""
+                    raise OlmpError(f"layer '{layer.name}' data source {src} does not exist{hint}", path)
+        if layer.type in PRUNABLE_TYPES:
+            n_out = (layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param).num_output
+            if n_out <= 0:
+                raise OlmpError(f"layer '{layer.name}' has num_output {n_out}", path)
+
+
+def prunable_layer_names(net: Any) -> list[str]:
+    """Convolution and InnerProduct layers, in net order (OLMP's L prunable layers)."""
+    seen: list[str] = []
+    for layer in net.layer:
+        if layer.type in PRUNABLE_TYPES and layer.name not in seen:
+            seen.append(layer.name)
+    return seen
+
+
+def to_text(message: Any) -> str:
+    return text_format.MessageToString(message)

