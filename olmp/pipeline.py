@@ -51,7 +51,7 @@ class Pipeline:
         self.progress = progress
         sp = prototxt.read_solver(exp.solver)
         sp.random_seed = exp.seed
-        sp.test_interval = 0  # Caffe would test the dense W; we test W*M ourselves
+        sp.test_interval = 2**31 - 1  # never: Caffe would test the dense W; we test W*M ourselves
         sp.test_initialization = False
         sp.display = 0
         sp.snapshot = 0

@@ -31,7 +31,7 @@ def train(
     out = Path(out) if out else Path("runs") / "train" / solver_path.stem
     sp.max_iter = iters
     sp.random_seed = seed
-    sp.test_interval = 0  # we evaluate ourselves at the end
+    sp.test_interval = 2**31 - 1  # never: we evaluate ourselves at the end
     sp.test_initialization = False
     sp.snapshot = 0
     sp.display = 0

@@ -41,6 +41,8 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
     """name -> (mtime_ns, size, sha256) of every entry directly in ``folder``."""
     out = {}
     for p in sorted(folder.iterdir()):
+        if p.name == "lock.mdb":  # readers (Caffe, other tests) may touch it; not data
+            continue
         st = p.stat()
         digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
         out[p.name] = (st.st_mtime_ns, st.st_size, digest)

@@ -57,7 +57,7 @@ def small_experiment(tmp_path: Path, weights_path: Path, **kw: object) -> Path:
 def _solver_with_masks(model: Path):
     sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
     sp.random_seed = 1
-    sp.test_interval = 0
+    sp.test_interval = 2**31 - 1
     solver = caffe_bridge.make_solver(sp)
     weights.load_weights(solver.net, model)
     layers = MaskedLayers(solver.net, ["ip1", "ip2", "ip3"])

@@ -177,6 +177,8 @@ class Optimizer(OOOptimizer, abc.ABC):
             v = np.asarray(violations, dtype=np.float64).ravel()
             if v.size != len(X):
                 raise OlmpError(f"{self.name}: {v.size} violations for {len(X)} solutions")
+            if np.any(np.isnan(v)):
+                raise OlmpError(f"{self.name}: violations must not be NaN")
         elif self._why_violations_needed():
             raise OlmpError(f"{self.name}: {self._why_violations_needed()} needs violations in tell()")
         self._record_best(X, f, v)

@@ -34,7 +34,22 @@ CONSTRAINT_HANDLINGS = ("penalty", "al")
 # a generation where every candidate is infeasible (all 1.1) is expected early on,
 # not convergence, so these are off unless `cma_options` turns them back on; the
 # budget and pycma's step-size based criteria (tolx, ...) still end the run.
+# set from the constructor's arguments; overriding them would break the budget or seeding
+OWNED_CMA_OPTIONS = ("bounds", "popsize", "maxfevals", "seed", "randn")
 PLATEAU_TOLERANCES_OFF = {"tolfun": 0, "tolfunhist": 0, "tolflatfitness": np.inf}
+
+
+class _QuietAugmentedLagrangian(AugmentedLagrangian):
+    """pycma's augmented Lagrangian without its loggers.
+
+    The stock constructor builds cma.logger.Logger objects, which create an
+    `outcmaes/` folder in the current directory; a library must not do that.
+    """
+
+    def _init_(self) -> None:
+        self.logging = 0
+        self.loggers = []
+        self.logger_mu_conditions = None
 
 
 class CMAES(Optimizer):
@@ -63,6 +78,11 @@ class CMAES(Optimizer):
         extra = self.options["cma_options"]
         if extra is not None and not isinstance(extra, dict):
             raise OlmpError(f"cmaes option cma_options must be a dict, got {extra!r}")
+        owned = sorted(set(extra or ()) & set(OWNED_CMA_OPTIONS))
+        if owned:
+            raise OlmpError(
+                f"cmaes option cma_options may not set '{owned[0]}': use the optimizer's own argument"
+            )
 
     def _setup(self) -> None:
         opts = {
@@ -81,8 +101,7 @@ class CMAES(Optimizer):
         self._es_solutions: list[np.ndarray] = []
         self.al: AugmentedLagrangian | None = None
         if self.options["constraint_handling"] == "al":
-            self.al = AugmentedLagrangian(self.dimension)
-            self.al.logging = 0  # no in-memory logger data
+            self.al = _QuietAugmentedLagrangian(self.dimension)
 
     def _randn(self, *shape: int) -> np.ndarray:
         """pycma's randn(lam, N), drawn from this optimizer's Generator."""
