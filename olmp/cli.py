@@ -80,6 +80,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from olmp import reports
+
+    for d in args.dirs:
+        res = reports.write_runs_table(d)
+        print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="olmp", description=__doc__.splitlines()[0])
     p.add_argument("--verbose", action="store_true", help="show Caffe's own log")
@@ -119,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_prune)
+
+    rp = sub.add_parser("report", help="regenerate tables from run records (results/<model>)")
+    rp.add_argument("dirs", nargs="+")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -161,6 +161,14 @@ def test_short_pipeline_prunes_within_delta(tmp_path: Path, lenet300100_model: P
     net = caffe_bridge.make_net(prototxt.read_net("models/lenet300100/train_test.prototxt"), "test")
     net.copy_from(str(tmp_path / "run" / "pruned.caffemodel"))
     assert evaluate.evaluate_net(net, 10_000)["accuracy"] == rec["final"]["test"]["accuracy"]
+    # the tables are regenerated from the record alone
+    from olmp import reports
+
+    summary = reports.write_runs_table(tmp_path)
+    assert summary["runs"] == 1 and summary["best"] == "run"
+    rows = (tmp_path / "runs.csv").read_text().splitlines()
+    assert len(rows) == 2 and f"{rec['final']['ratio']:.2f}".rstrip("0") in rows[1]
+    assert (tmp_path / "best" / "pruned.caffemodel").read_bytes() == (tmp_path / "run" / "pruned.caffemodel").read_bytes()
 
 
 def _strip_times(rec: dict) -> dict:
