@@ -63,6 +63,35 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from olmp import convert
+
+    res = convert.to_stock(args.input, args.output)
+    _print_json(res, False, lambda r: f"wrote {r['out']}: stock layers, {len(r['converted'])} converted from the "
+                f"fork format; {r['remaining']}/{r['total']} remaining ({r['ratio']:.2f}x)")
+    return 0
+
+
+def _human_sparse(r: dict[str, Any]) -> str:
+    return (f"wrote {r['out']}: {r['nonzero']} nonzero + {r['padding']} padding entries; "
+            f"sparse {r['sparse_bytes']} bytes vs dense float32 {r['dense_bytes']} bytes = "
+            f"{r['compression']:.1f}x (npz file {r['file_bytes']} bytes)")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from olmp import sparse
+
+    if args.sparse:
+        if args.net:
+            raise OlmpError("--net only goes with --dense")
+        _print_json(sparse.export_sparse(args.input, args.output), False, _human_sparse)
+    else:
+        res = sparse.import_dense(args.input, args.output, args.net)
+        _print_json(res, False, lambda r: f"wrote {r['out']}: {r['remaining']}/{r['total']} remaining "
+                    f"({r['ratio']:.2f}x)")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from olmp import config, pipeline
 
@@ -81,11 +110,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from olmp import reports
+    from olmp import figures, reports
 
     for d in args.dirs:
         res = reports.write_runs_table(d)
-        print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/")
+        figs = sorted({p.stem for p in figures.write_report_figures(d)})
+        print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/"
+              + (f", {'/'.join(figs)} .png/.svg" if figs else ""))
     return 0
 
 
@@ -119,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_inspect)
 
+    c = sub.add_parser("convert", help="fork (DNS/OLMP) caffemodel -> stock Caffe caffemodel")
+    c.add_argument("input", metavar="IN.caffemodel")
+    c.add_argument("output", metavar="OUT.caffemodel")
+    c.set_defaults(func=cmd_convert)
+
+    x = sub.add_parser("export", help="caffemodel <-> compressed sparse npz (CSR, 8-bit relative indices)")
+    how = x.add_mutually_exclusive_group(required=True)
+    how.add_argument("--sparse", action="store_true", help="IN.caffemodel -> OUT.npz")
+    how.add_argument("--dense", action="store_true", help="IN.npz -> OUT.caffemodel (stock)")
+    x.add_argument("input", metavar="IN")
+    x.add_argument("output", metavar="OUT")
+    x.add_argument("--net", help="with --dense: check against this net and save the whole net")
+    x.set_defaults(func=cmd_export)
+
     r = sub.add_parser("prune", help="run the OLMP pipeline of an experiment file")
     r.add_argument("--experiment", required=True, help="TOML file, or a name in scripts/experiments/")
     r.add_argument("--optimizer", choices=["ncs", "cmaes", "sampling"])
@@ -129,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_prune)
 
-    rp = sub.add_parser("report", help="regenerate tables from run records (results/<model>)")
+    rp = sub.add_parser("report", help="regenerate tables and figures from run records (results/<model>)")
     rp.add_argument("dirs", nargs="+")
     rp.set_defaults(func=cmd_report)
     return p

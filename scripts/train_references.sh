@@ -29,7 +29,9 @@ for m in ("lenet300100", "lenet5"):
 text = ("# Reference models\n\nTrained by `scripts/train_references.sh` (`make reference`), i.e.\n"
         "`olmp train --solver solvers/<model>_solver.prototxt --iters 10000 --seed 1 --out results/references/<model>`,\n"
         "with `OPENBLAS_NUM_THREADS=1` on the 2-core development machine. Accuracy and loss on all\n"
-        "10,000 MNIST test images. Papers' references: LeNet-300-100 97.73%, LeNet-5 99.09%.\n\n"
+        "10,000 MNIST test images. Papers' references: LeNet-300-100 97.73%, LeNet-5 99.09%.\n"
+        "Wall times were measured on a shared, busy machine (the LeNet-5 run shared both cores with\n"
+        "the pycaffe compile), so read them as upper bounds.\n\n"
         "| model | iterations | seed | test accuracy | test loss | training wall time |\n"
         "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 pathlib.Path("results/references.md").write_text(text)

@@ -1,0 +1,182 @@
+"""Figures regenerated from run records alone (record.json), never from a rerun.
+
+Three figures per model folder, each as PNG and SVG, written atomically:
+
+- ``progress``: compression ratio and test accuracy against iteration, one line per run;
+- ``convergence``: best feasible size against evaluations in each run's first search,
+  coloured by optimizer (ncs, cmaes, sampling), so optimizers compare on one budget;
+- ``layers``: remaining % per layer, one bar per run, grouped by layer.
+
+matplotlib is driven through its object API on the Agg canvas: no pyplot state, no
+display needed, and the SVG hash salt and dates are fixed so that regenerating from
+the same records gives the same files. SVG text is kept as text (searchable, editable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+import numpy as np
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from olmp import atomic
+
+OPTIMIZER_COLORS = {"ncs": "tab:blue", "cmaes": "tab:orange", "sampling": "tab:green"}
+FORMATS = ("png", "svg")
+_RC = {"svg.hashsalt": "olmp", "svg.fonttype": "none", "font.size": 9}  # SVG text stays text
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
+
+
+def run_label(rec: dict[str, Any]) -> str:
+    """A run's folder name where known (as in runs.csv), else optimizer-seed."""
+    d = rec.get("_dir")
+    return Path(d).name if d is not None else f"{rec['optimizer']}-seed{rec['seed']}"
+
+
+def _color(rec: dict[str, Any], i: int) -> str:
+    return OPTIMIZER_COLORS.get(rec.get("optimizer", ""), f"C{i % 10}")
+
+
+def _log_y(ax: Any) -> None:
+    """Log y axis with plain tick labels (40, not 4x10^1)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
+
+
+def save(fig: Figure, base: Path) -> list[Path]:
+    """``base``.png and ``base``.svg, each through a temporary file and a rename."""
+    FigureCanvasAgg(fig)
+    written = []
+    for fmt in FORMATS:
+        target = base.with_suffix(f".{fmt}")
+        with atomic.atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=_METADATA[fmt])
+        written.append(target)
+    return written
+
+
+def progress_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Ratio (log scale) above test accuracy, against pipeline iteration."""
+    fig = Figure(figsize=(7.0, 5.5), layout="constrained")
+    ax_ratio, ax_acc = fig.subplots(2, 1, sharex=True)
+    for i, rec in enumerate(runs):
+        prog = rec.get("progress") or []
+        if not prog:
+            continue
+        it = [p["iteration"] for p in prog]
+        style = {"color": f"C{i % 10}", "label": run_label(rec), "linewidth": 1.2}
+        ax_ratio.plot(it, [p["ratio"] for p in prog], **style)
+        ax_acc.plot(it, [p["test_accuracy"] for p in prog], **style)
+    for acc in sorted({r["reference"]["test"]["accuracy"] for r in runs if "reference" in r}):
+        ax_acc.axhline(acc, color="grey", linestyle="--", linewidth=0.8)
+        ax_acc.annotate(f"reference {acc:.4f}", (0.01, acc), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(0, 3), color="grey", fontsize=7)
+    prune_stop = {r["experiment"]["pipeline"]["prune_stop_iter"] for r in runs
+                  if "prune_stop_iter" in r.get("experiment", {}).get("pipeline", {})}
+    for x in prune_stop:
+        for ax in (ax_ratio, ax_acc):
+            ax.axvline(x, color="black", linestyle=":", linewidth=0.8)
+    _log_y(ax_ratio)
+    ax_ratio.set_ylabel("compression ratio (all / remaining)")
+    ax_acc.set_ylabel("test accuracy")
+    ax_acc.set_xlabel("iteration (dotted: pruning stops, retraining only)")
+    ax_ratio.set_title("Pipeline progress")
+    for ax in (ax_ratio, ax_acc):
+        ax.grid(True, alpha=0.3)
+    if runs:
+        ax_ratio.legend(fontsize=7, loc="best")
+    return fig
+
+
+def _feasible_trace(rec: dict[str, Any]) -> tuple[list[int], list[float]] | None:
+    """The first search's (evaluations, best feasible size so far); sizes > 1 are the infeasible penalty."""
+    searches = rec.get("searches") or []
+    if not searches or not searches[0].get("trace"):
+        return None
+    pts = [(int(e), float(f)) for e, f in searches[0]["trace"] if f is not None and f <= 1.0]
+    if not pts:
+        return None
+    return [e for e, _ in pts], np.minimum.accumulate([f for _, f in pts]).tolist()
+
+
+def convergence_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Best feasible size against evaluations in the first search of each run, by optimizer."""
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    labelled: set[str] = set()
+    none_feasible = []
+    for i, rec in enumerate(runs):
+        trace = _feasible_trace(rec)
+        opt = rec.get("optimizer", "?")
+        if trace is None:
+            none_feasible.append((rec, i))
+            continue
+        ax.step(*trace, where="post", color=_color(rec, i), linewidth=1.2, alpha=0.8,
+                label=None if opt in labelled else opt)
+        labelled.add(opt)
+    for rec, i in none_feasible:  # say so in the legend rather than drop the run silently
+        ax.plot([], [], color=_color(rec, i), marker="x", linestyle="none",
+                label=f"{rec.get('optimizer', '?')}: {run_label(rec)} found no feasible point")
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("best feasible size (remaining / all)")
+    ax.set_title("Search convergence: first search of each run")
+    ax.grid(True, alpha=0.3)
+    if not labelled:
+        ax.text(0.5, 0.5, "no feasible search trace in these records", ha="center", transform=ax.transAxes)
+    if runs:
+        ax.legend(title="optimizer", fontsize=7)
+    return fig
+
+
+def layers_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Grouped bars: remaining % of each layer (log scale), one bar per run."""
+    layer_names = list(dict.fromkeys(n for r in runs for n in r.get("final", {}).get("layers", {})))
+    fig = Figure(figsize=(max(5.0, 1.2 + 0.35 * len(runs) * len(layer_names)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(runs), 1)
+    x = np.arange(len(layer_names))
+    for i, rec in enumerate(runs):
+        layers = rec["final"]["layers"]
+        pct = [100.0 * layers[n]["remaining"] / layers[n]["total"] if n in layers else np.nan for n in layer_names]
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), pct, width, label=f"{run_label(rec)} ({rec['final']['ratio']:.1f}x)",
+                      color=f"C{i % 10}")
+        if len(runs) <= 6:
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(x, layer_names)
+    _log_y(ax)
+    ax.set_ylabel("remaining parameters (%)")
+    ax.set_title("Remaining parameters per layer")
+    ax.grid(True, axis="y", alpha=0.3)
+    if runs:
+        ax.legend(fontsize=7)
+    return fig
+
+
+FIGURES: dict[str, Callable[[list[dict[str, Any]]], Figure]] = {
+    "progress": progress_figure,
+    "convergence": convergence_figure,
+    "layers": layers_figure,
+}
+
+
+def write_figures(model_dir: str | Path, runs: list[dict[str, Any]]) -> list[Path]:
+    """Every figure for ``runs`` into ``model_dir`` as <name>.png and <name>.svg."""
+    model_dir = Path(model_dir)
+    written: list[Path] = []
+    with matplotlib.rc_context(_RC):
+        for name, make in FIGURES.items():
+            written += save(make(runs), model_dir / name)
+    return written
+
+
+def write_report_figures(model_dir: str | Path) -> list[Path]:
+    """``olmp report``'s figures: the finished runs under ``model_dir`` (none: nothing written)."""
+    from olmp import reports  # noqa: PLC0415
+
+    runs = reports.load_runs(model_dir)
+    return write_figures(model_dir, runs) if runs else []
