@@ -48,6 +48,7 @@ class Pipeline:
     def __init__(self, exp: Experiment, out: Path, progress: bool = True) -> None:
         self.exp = exp
         self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
         sp = prototxt.read_solver(exp.solver)
         sp.random_seed = exp.seed
@@ -79,6 +80,7 @@ class Pipeline:
         }
         self.layers = MaskedLayers(self.net, exp.layers)
         self.layers.attach(self.solver)
+        self.eval_net = self._validation_net() if exp.search.accuracy_on == "validation" else self.net
         self.rng = np.random.default_rng(exp.seed)
         self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
         self.test_batches = 0
@@ -87,6 +89,26 @@ class Pipeline:
         self.search_seconds = 0.0
 
     # -- pieces ----------------------------------------------------------------------------
+    def _validation_net(self):  # noqa: ANN202
+        """A fixed batch of training images for a steadier accuracy estimate than one minibatch.
+
+        The TEST-phase net reads ``validation_images`` images from the start of the TRAIN
+        source once; it shares the train net's weights, so masked writes show in both.
+        """
+        pb = caffe_bridge.caffe_pb2()
+        param = pb.NetParameter()
+        param.CopyFrom(self.net_param)
+        train_data = next(lay for lay in prototxt.layers_in_phase(param, pb.TRAIN) if lay.type == "Data")
+        for lay in prototxt.layers_in_phase(param, pb.TEST):
+            if lay.type == "Data":
+                lay.data_param.source = train_data.data_param.source
+                lay.data_param.batch_size = self.exp.search.validation_images
+                lay.transform_param.CopyFrom(train_data.transform_param)
+        net = caffe_bridge.make_net(param, "test")
+        net.share_with(self.net)
+        net.forward(end=net._layer_names[0])  # load the batch once; candidates never reload it
+        return net
+
     def gamma(self, name: str) -> float:
         return self.exp.pipeline.gamma[self.types[name]]
 
@@ -128,7 +150,7 @@ class Pipeline:
         options = {"constraint_handling": s.constraint} if self.exp.optimizer == "cmaes" else {}
         opt = make_optimizer(self.exp.optimizer, x0, s.sigma_at(itr), s.bounds, s.population, s.budget, seed,
                              **options)
-        evaluator = CandidateEvaluator(self.net, self.layers, self.stats, selected, s.delta)
+        evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta)
         size_before = self.layers.size()
         trace = []
         best_margin = None

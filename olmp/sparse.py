@@ -47,6 +47,7 @@ FORMAT = "olmp-sparse-csr8"
 VERSION = 1
 INDEX_BITS = 8
 MAX_GAP = (1 << INDEX_BITS) - 1  # 255: a padding entry advances MAX_GAP + 1 columns
+MAX_BLOB = 2**31 - 1  # Caffe's limit on a blob's element count
 
 
 def _as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -177,6 +178,8 @@ def load_sparse(path: str | Path) -> weights.Model:
                 shape = tuple(int(d) for d in b["shape"])
                 if any(d < 0 for d in shape):
                     raise OlmpError(f"layer '{layer['name']}' blob {j} has a negative dimension {shape}", path)
+                if np.prod(shape, dtype=np.float64) > MAX_BLOB:
+                    raise OlmpError(f"layer '{layer['name']}' blob {j} shape {shape} is too large for Caffe", path)
                 parts = [files[f"L{i}_B{j}_{k}"] for k in ("values", "gaps", "rowptr")]
                 try:
                     blobs.append(decode(shape, *parts, where=f"layer '{layer['name']}' blob {j}"))

@@ -258,7 +258,10 @@ def test_bad_inputs_give_one_line_errors(fork4: tuple[Path, dict], tmp_path: Pat
     broken = dict(arrays)
     broken["L1_B0_gaps"] = broken["L1_B0_gaps"].copy()
     broken["L1_B0_gaps"][:] = 255  # every second entry of a row lands past ip2's 300 columns
+    huge_meta = json.loads(str(arrays["meta"]))
+    huge_meta["layers"][0]["blobs"][0]["shape"] = [1 << 40, 1 << 20]
     for name, arrs in {"overrun.npz": broken,
+                       "huge.npz": {**arrays, "meta": np.array(json.dumps(huge_meta))},
                        "missing.npz": {k: v for k, v in arrays.items() if k != "L2_B1_rowptr"},
                        "format.npz": {**arrays, "meta": np.array(json.dumps({"format": "other", "version": 1}))}
                        }.items():
@@ -266,7 +269,7 @@ def test_bad_inputs_give_one_line_errors(fork4: tuple[Path, dict], tmp_path: Pat
             np.savez(fh, **arrs)
     for name in ["truncated.npz", "garbage.npz"]:
         (tmp_path / name).write_bytes(bad_npz[name])
-    for name in ["truncated.npz", "garbage.npz", "overrun.npz", "missing.npz", "format.npz"]:
+    for name in ["truncated.npz", "garbage.npz", "overrun.npz", "huge.npz", "missing.npz", "format.npz"]:
         r = run_olmp("export", "--dense", str(tmp_path / name), str(tmp_path / "o.caffemodel"))
         _assert_one_line_error(r, name)
     assert not (tmp_path / "o.caffemodel").exists()

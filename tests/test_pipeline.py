@@ -214,3 +214,18 @@ def test_second_run_on_a_folder_is_refused(tmp_path: Path, lenet300100_model: Pa
     with RunLock(out):
         r = run_olmp("prune", "--experiment", str(small_experiment(tmp_path, lenet300100_model)), "--out", str(out))
     assert r.returncode == 2 and "another olmp run" in r.stderr
+
+
+def test_validation_batch_estimate(tmp_path: Path, lenet300100_model: Path) -> None:
+    """accuracy_on = "validation": candidates are judged on a fixed 500-image batch."""
+    text = small_experiment(tmp_path, lenet300100_model, niter=101, prune_stop=101, budget=30).read_text()
+    p = tmp_path / "val.toml"
+    p.write_text(text.replace('delta = 0.08', 'delta = 0.02\naccuracy_on = "validation"\nvalidation_images = 500'))
+    exp = config.load(p)
+    run = pipeline.Pipeline(exp, tmp_path / "val", progress=False)
+    assert run.eval_net.blobs["data"].data.shape[0] == 500
+    rec = run.run()
+    first = rec["searches"][0]
+    # accuracy on 500 images moves in steps of 1/500, not 1/64
+    assert abs(first["batch_accuracy"] * 500 - round(first["batch_accuracy"] * 500)) < 1e-6
+    assert first["applied"] and first["accuracy_margin"] >= 0 and first["size"] < first["size_before"]
