@@ -5,9 +5,10 @@ authors' released models cannot be evaluated by stock Caffe as they are. This
 module rewrites such a file: masks applied, two blobs per layer, stock layer
 types, every other layer (and its blobs) kept as it was.
 
-Zeros are written as +0.0: the forks save W*M, which leaves -0.0 wherever a
-negative weight was pruned. The sign of a zero changes no value Caffe computes,
-and one canonical zero lets the sparse form (``olmp.sparse``) load back bit for bit.
+In the layers it rewrites, zeros are written as +0.0: the forks save W*M, which
+leaves -0.0 wherever a negative weight was pruned. The sign of a zero changes no
+value Caffe computes, and one canonical zero is what the sparse form
+(``olmp.sparse``) gives back. Stock layers are copied byte for byte.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ Layout (format "olmp-sparse-csr8", version 1)
     dtype (uint8/16/32/64) that holds E.
 
 Everything not stored is +0.0, and stored values are exact float32, so loading
-back gives the stock model of ``olmp convert`` bit for bit (the forks' -0.0
-zeros come back as +0.0; see ``olmp.convert``).
+back gives every blob bit for bit, masks applied, except that a zero stored as
+-0.0 comes back as +0.0. (Saving W*M, as the forks and ``olmp prune`` do, leaves
+-0.0 wherever a negative weight was pruned; storing those signs would cost more
+than the weights. No value Caffe computes depends on them.)
 
 Bytes: ``sparse_bytes`` counts what the format needs, values (4 B) + gaps (1 B)
 per entry + row pointers; ``dense_bytes`` is 4 B per parameter (float32). The
