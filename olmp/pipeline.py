@@ -106,7 +106,10 @@ class Pipeline:
                 lay.transform_param.CopyFrom(train_data.transform_param)
         net = caffe_bridge.make_net(param, "test")
         net.share_with(self.net)
-        net.forward(end=net._layer_names[0])  # load the batch once; candidates never reload it
+        # load the batch once, candidates never reload it. The whole net runs: the TEST net has split
+        # layers (label -> loss and accuracy) between the data layer and the first prunable layer, and
+        # candidates, re-run from a prunable layer, read the split copy of the labels.
+        net.forward()
         return net
 
     def gamma(self, name: str) -> float:

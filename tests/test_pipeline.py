@@ -228,4 +228,6 @@ def test_validation_batch_estimate(tmp_path: Path, lenet300100_model: Path) -> N
     first = rec["searches"][0]
     # accuracy on 500 images moves in steps of 1/500, not 1/64
     assert abs(first["batch_accuracy"] * 500 - round(first["batch_accuracy"] * 500)) < 1e-6
-    assert first["applied"] and first["accuracy_margin"] >= 0 and first["size"] < first["size_before"]
+    # the batch is scored against its real labels (the TEST net's split copy of them is filled)
+    assert first["batch_accuracy"] > 0.8
+    assert first["applied"] and first["accuracy_margin"] >= 0 and first["size"] <= first["size_before"]
