@@ -10,6 +10,12 @@ spliced back:
 
 Between steps the blobs hold the dense W. Anything that evaluates, saves or
 inspects goes through ``masked()``, which shows W*M and puts W back afterwards.
+
+With ``straight_through=False`` (Deep Compression and the simple magnitude
+baselines) pruned weights stay at zero instead: the gradient callback also masks
+the gradients, and the caller runs ``after_step()`` after every solver step, which
+zeroes W under the mask. Masking gradients alone is not enough: momentum history
+accumulated before a weight was pruned would otherwise revive it.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from olmp import masks as mask_rule
 class MaskedLayers:
     """Dense weights and masks of the prunable layers of a live Caffe net."""
 
-    def __init__(self, net: Any, layer_names: list[str] | tuple[str, ...]) -> None:
+    def __init__(self, net: Any, layer_names: list[str] | tuple[str, ...], straight_through: bool = True) -> None:
         self.net = net
+        self.straight_through = straight_through
         self.names = list(layer_names)
         self.masks: dict[str, list[np.ndarray]] = {
             n: [np.ones(b.data.shape, dtype=np.float32) for b in net.params[n]] for n in self.names
@@ -71,14 +78,37 @@ class MaskedLayers:
             self._restore()
 
     def attach(self, solver: Any) -> None:
-        """Register the straight-through callbacks on a Caffe solver."""
-        solver.add_callback(lambda: self._apply(), lambda: self._restore())
+        """Register the callbacks on a Caffe solver (straight-through, or frozen pruned weights)."""
+        solver.add_callback(lambda: self._apply(), lambda: self._gradients_ready())
+
+    def _gradients_ready(self) -> None:
+        self._restore()
+        if not self.straight_through:
+            for n in self.names:
+                for blob, mask in zip(self.net.params[n], self.masks[n]):
+                    np.multiply(blob.diff, mask, out=blob.diff)
+
+    def after_step(self) -> None:
+        """Without straight-through: zero W under the mask (momentum must not revive pruned weights)."""
+        if self.straight_through:
+            return
+        for n in self.names:
+            for w, m in zip(self.dense(n), self.masks[n]):
+                np.multiply(w, m, out=w)
 
     # -- the masks --------------------------------------------------------------------------
     def update(self, name: str, threshold: float) -> None:
         """DNS mask update of one layer (weights and bias) at threshold T, on the dense W."""
         for w, m in zip(self.dense(name), self.masks[name]):
             mask_rule.update_mask(w, m, threshold, out=m)
+
+    def set_masks(self, name: str, new: list[np.ndarray]) -> None:
+        """Replace a layer's masks (0/1 arrays of the blobs' shapes); zero W under them without straight-through."""
+        for m, n_ in zip(self.masks[name], new):
+            m[...] = n_
+        if not self.straight_through:
+            for w, m in zip(self.dense(name), self.masks[name]):
+                np.multiply(w, m, out=w)
 
     def remaining(self, name: str | None = None) -> int:
         names = self.names if name is None else [name]

@@ -99,7 +99,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed), ("weights", args.weights))
                if v is not None}
     exp = config.check(exp.replace(**changes))
-    out = args.out or f"runs/{exp.name}/{exp.optimizer}-seed{exp.seed}"
+    label = exp.optimizer if exp.method == "olmp" else exp.method
+    out = args.out or f"runs/{exp.name}/{label}-seed{exp.seed}"
     rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)
     f = rec["final"]
     summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
@@ -117,6 +118,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         figs = sorted({p.stem for p in figures.write_report_figures(d)})
         print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/"
               + (f", {'/'.join(figs)} .png/.svg" if figs else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from olmp import compare
+
+    res = compare.write_comparison(args.model, args.results)
+    print(f"wrote {res['csv']} and {res['md']}: {res['measured']} measured, {res['reported']} reported rows")
     return 0
 
 
@@ -169,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--optimizer", choices=["ncs", "cmaes", "sampling"])
     r.add_argument("--seed", type=int)
     r.add_argument("--weights", help="reference caffemodel (overrides the experiment's)")
-    r.add_argument("--out", help="run folder (default runs/<name>/<optimizer>-seed<seed>)")
+    r.add_argument("--out", help="run folder (default runs/<name>/<optimizer or method>-seed<seed>)")
     r.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_prune)
@@ -177,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="regenerate tables and figures from run records (results/<model>)")
     rp.add_argument("dirs", nargs="+")
     rp.set_defaults(func=cmd_report)
+
+    cp = sub.add_parser("compare", help="results/<model>/comparison.csv + .md: every method, measured and reported")
+    cp.add_argument("--model", required=True, choices=["lenet5", "lenet300100"])
+    cp.add_argument("--results", help="results folder holding <model>/ (default: the repository's results/)")
+    cp.set_defaults(func=cmd_compare)
     return p
 
 

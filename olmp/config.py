@@ -18,6 +18,10 @@ from olmp.errors import OlmpError
 
 OPTIMIZER_NAMES = ("ncs", "cmaes", "sampling")
 CONSTRAINTS = ("penalty", "al")
+# threshold policies (olmp/policies.py holds the classes; a test checks the two agree)
+METHOD_NAMES = ("olmp", "deep-compression", "dns", "global-magnitude", "uniform")
+SCANNED_METHODS = ("deep-compression", "dns")  # per-layer values from a sensitivity scan
+ROUND_METHODS = ("deep-compression", "global-magnitude", "uniform")  # prune in rounds, no splicing
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,27 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Settings of the baseline policies (olmp/policies.py); OLMP ignores them.
+
+    deep-compression: threshold_l = quality_l * std(weights_l); dns: T_l = max(mu_l + crate_l * sigma_l, 0).
+    Their per-layer value comes from ``values`` when given, else from a sensitivity scan over ``grid``
+    on ``validation_images`` TRAINING images (never the test set): per layer, the largest grid value
+    before the first one whose one-shot accuracy drop exceeds ``tolerance``; then times ``scale``.
+    """
+
+    validation_images: int = 2000  # fixed batch from the start of the TRAIN source, for the scan
+    grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0)
+    tolerance: float = 0.02  # allowed one-shot accuracy drop per layer on the validation batch
+    scale: float = 1.0  # multiplies the scanned values (the trade-off knob: several runs, several scales)
+    values: dict[str, float] = field(default_factory=dict)  # per-layer quality/crate: skips the scan
+    rounds: int = 5  # deep-compression, global-magnitude, uniform: prune -> retrain rounds
+    sparsity: float = 0.0  # global-magnitude, uniform: final fraction of parameters pruned
+    gamma: float = 1e-4  # dns: mask update probability (1 + gamma * iter) ** -power
+    power: float = 1.0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     solver: str
@@ -61,8 +86,10 @@ class Experiment:
     layers: tuple[str, ...]
     optimizer: str = "ncs"
     seed: int = 1
+    method: str = "olmp"  # threshold policy: olmp | deep-compression | dns | global-magnitude | uniform
     search: SearchConfig = SearchConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    baseline: BaselineConfig = BaselineConfig()
     source: str = ""  # the file it came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +137,10 @@ def _coerce(value: Any, default: Any, path: Path, key: str) -> Any:
         ):
             raise bad("a table of numbers")
         return {str(k): float(v) for k, v in value.items()}
+    if key.endswith("grid"):
+        if not (isinstance(value, list) and value and all(_is_num(v) for v in value)):
+            raise bad("a non-empty list of numbers")
+        return tuple(float(v) for v in value)
     if key.endswith("bounds"):
         if not (isinstance(value, list) and len(value) == 2 and all(_is_num(v) for v in value)):
             raise bad("[lower, upper]")
@@ -164,7 +195,32 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
         fail("pipeline.gamma must map Convolution/InnerProduct to numbers >= 0")
     if exp.seed < 0:
         fail(f"seed must be >= 0, got {exp.seed}")
+    _check_baseline(exp, fail)
     return exp
+
+
+def _check_baseline(exp: Experiment, fail: Any) -> None:
+    b, m = exp.baseline, exp.method
+    if m not in METHOD_NAMES:
+        fail(f"unknown method '{m}' (choose from {', '.join(METHOD_NAMES)})")
+    if list(b.grid) != sorted(set(b.grid)):
+        fail("baseline.grid must be strictly increasing")
+    if not 0 <= b.tolerance <= 1:
+        fail(f"baseline.tolerance must be in [0, 1], got {b.tolerance}")
+    if b.scale <= 0:
+        fail(f"baseline.scale must be > 0, got {b.scale}")
+    if set(b.values) - set(exp.layers):
+        fail(f"baseline.values names unknown layer(s) {', '.join(sorted(set(b.values) - set(exp.layers)))}")
+    if m in SCANNED_METHODS and set(b.values) != set(exp.layers) and b.validation_images <= 0:
+        fail("baseline.validation_images must be > 0 for the sensitivity scan")
+    if b.rounds < 1:
+        fail(f"baseline.rounds must be >= 1, got {b.rounds}")
+    if m in ROUND_METHODS and exp.pipeline.prune_stop_iter < b.rounds:
+        fail(f"pipeline.prune_stop_iter must be >= baseline.rounds for {m}")
+    if m in ("global-magnitude", "uniform") and not 0 < b.sparsity < 1:
+        fail(f"baseline.sparsity must be in (0, 1) for {m}, got {b.sparsity}")
+    if b.gamma < 0 or b.power < 0:
+        fail("baseline.gamma and baseline.power must be >= 0")
 
 
 def load(path: str | Path) -> Experiment:
@@ -178,7 +234,7 @@ def load(path: str | Path) -> Experiment:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OlmpError(f"malformed TOML: {exc}", path) from exc
-    top = {k: v for k, v in raw.items() if k not in ("search", "pipeline")}
+    top = {k: v for k, v in raw.items() if k not in ("search", "pipeline", "baseline")}
     required = ("name", "solver", "net", "weights", "layers")
     missing = [k for k in required if k not in top]
     if missing:
@@ -186,20 +242,21 @@ def load(path: str | Path) -> Experiment:
     unknown = sorted(set(top) - {f.name for f in dataclasses.fields(Experiment)} - {"source"})
     if unknown:
         raise OlmpError(f"unknown key(s) {', '.join(unknown)}", path)
-    for key in ("name", "solver", "net", "weights", "optimizer"):
+    for key in ("name", "solver", "net", "weights", "optimizer", "method"):
         if key in top and not isinstance(top[key], str):
             raise OlmpError(f"{key} must be a string, got {top[key]!r}", path)
     if not isinstance(top["layers"], list) or not all(isinstance(x, str) for x in top["layers"]):
         raise OlmpError(f"layers must be a list of layer names, got {top['layers']!r}", path)
     if "seed" in top and (isinstance(top["seed"], bool) or not isinstance(top["seed"], int)):
         raise OlmpError(f"seed must be an integer, got {top['seed']!r}", path)
-    for sec in ("search", "pipeline"):
+    for sec in ("search", "pipeline", "baseline"):
         if sec in raw and not isinstance(raw[sec], dict):
             raise OlmpError(f"[{sec}] must be a table", path)
     exp = Experiment(
         **{**top, "layers": tuple(top["layers"])},
         search=_section(SearchConfig, raw.get("search", {}), path, "search."),
         pipeline=_section(PipelineConfig, raw.get("pipeline", {}), path, "pipeline."),
+        baseline=_section(BaselineConfig, raw.get("baseline", {}), path, "baseline."),
         source=str(path),
     )
     return check(exp, path)

@@ -10,6 +10,10 @@
                 starting from the current crates; apply the best crates
         one SGD step ("adjusting" before prune_stop_iter, "retraining" after)
 
+The loop itself belongs to every method: a threshold policy (olmp/policies.py, chosen by
+the experiment's ``method``) decides the selection probability and what happens to the
+selected layers; ``method = "olmp"`` (the default) is the loop above.
+
 The run folder holds record.json, pruned.caffemodel (stock Caffe, masked weights
 zeroed) and a checkpoint every ``checkpoint_every`` iterations; ``resume=True``
 continues a killed run to the same result as an uninterrupted one.
@@ -31,6 +35,7 @@ from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.config import Experiment
 from olmp.errors import OlmpError
+from olmp.policies import POLICIES
 from olmp.search import make_optimizer
 from olmp.thresholds import LayerStats, layer_stats, threshold
 
@@ -78,22 +83,30 @@ class Pipeline:
         self.stats: dict[str, LayerStats] = {
             n: layer_stats(*[b.data for b in self.net.params[n]][:2]) for n in exp.layers
         }
-        self.layers = MaskedLayers(self.net, exp.layers)
+        policy_class = POLICIES[exp.method]
+        self.layers = MaskedLayers(self.net, exp.layers, straight_through=policy_class.straight_through)
         self.layers.attach(self.solver)
-        self.eval_net = self._validation_net() if exp.search.accuracy_on == "validation" else self.net
+        if exp.method in ("dns", "deep-compression"):  # their sensitivity scan reads training images only
+            self.eval_net = self._validation_net(exp.baseline.validation_images)
+        elif exp.search.accuracy_on == "validation":
+            self.eval_net = self._validation_net(exp.search.validation_images)
+        else:
+            self.eval_net = self.net
         self.rng = np.random.default_rng(exp.seed)
         self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
         self.test_batches = 0
         self.record: dict[str, Any] = {}
         self.sgd_seconds = 0.0
         self.search_seconds = 0.0
+        self.wall_seconds = 0.0  # over all sessions of a resumed run
+        self.policy = policy_class(self)
 
     # -- pieces ----------------------------------------------------------------------------
-    def _validation_net(self):  # noqa: ANN202
+    def _validation_net(self, images: int):  # noqa: ANN202
         """A fixed batch of training images for a steadier accuracy estimate than one minibatch.
 
-        The TEST-phase net reads ``validation_images`` images from the start of the TRAIN
-        source once; it shares the train net's weights, so masked writes show in both.
+        The TEST-phase net reads ``images`` images from the start of the TRAIN
+        source once (never the test set); it shares the train net's weights, so masked writes show in both.
         """
         pb = caffe_bridge.caffe_pb2()
         param = pb.NetParameter()
@@ -102,7 +115,7 @@ class Pipeline:
         for lay in prototxt.layers_in_phase(param, pb.TEST):
             if lay.type == "Data":
                 lay.data_param.source = train_data.data_param.source
-                lay.data_param.batch_size = self.exp.search.validation_images
+                lay.data_param.batch_size = images
                 lay.transform_param.CopyFrom(train_data.transform_param)
         net = caffe_bridge.make_net(param, "test")
         net.share_with(self.net)
@@ -134,6 +147,7 @@ class Pipeline:
     def sgd_step(self, itr: int) -> None:
         t0 = time.perf_counter()
         self.solver.step(1)
+        self.layers.after_step()  # without straight-through: pruned weights back to exactly 0
         self.sgd_seconds += time.perf_counter() - t0
         loss = float(self.net.blobs["loss"].data)
         big = max(float(np.abs(b.data).max()) for n in self.exp.layers for b in self.net.params[n])
@@ -216,6 +230,8 @@ class Pipeline:
             "record": self.record,
             "sgd_seconds": self.sgd_seconds,
             "search_seconds": self.search_seconds,
+            "wall_seconds": self.wall_seconds + time.perf_counter() - self._wall0,
+            "policy": self.policy.state(),
         }
 
     def _save_checkpoint(self, next_itr: int) -> None:
@@ -229,6 +245,8 @@ class Pipeline:
         self.record = state["record"]
         self.sgd_seconds = state["sgd_seconds"]
         self.search_seconds = state["search_seconds"]
+        self.wall_seconds = state.get("wall_seconds", 0.0)
+        self.policy.load_state(state.get("policy", {}))
         # data layers have no saved cursor: replay them to where the killed run stood
         for _ in range(self.solver.iter):
             self.net.forward(end=self.data_layer)
@@ -239,8 +257,8 @@ class Pipeline:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        exp, p, s = self.exp, self.exp.pipeline, self.exp.search
-        wall0 = time.perf_counter()
+        exp, p = self.exp, self.exp.pipeline
+        wall0 = self._wall0 = time.perf_counter()
         if resume and checkpoint.exists(self.out):
             start = self._resume()
         else:
@@ -248,29 +266,33 @@ class Pipeline:
             self.record = {
                 "experiment": exp.to_dict(),
                 "seed": exp.seed,
-                "optimizer": exp.optimizer,
+                "method": exp.method,
+                # for a baseline (no search) the optimizer column names the method, so tables group by it
+                "optimizer": exp.optimizer if exp.method == "olmp" else exp.method,
                 "reference": {"weights": exp.weights, "test": reference_test,
                               "stats": {n: vars(st) for n, st in self.stats.items()}},
                 "searches": [],
                 "progress": [],
                 "finished": False,
             }
+            t0 = time.perf_counter()
+            info = self.policy.start()  # e.g. a sensitivity scan, on the reference model
+            if info is not None:
+                info["seconds"] = round(time.perf_counter() - t0, 3)
+                self.record["baseline"] = info
             self.sgd_step(-1)  # "start from the reference model; one SGD step"
             start = 0
-        bar = tqdm(total=p.niter, initial=start, desc=f"olmp {exp.name} {exp.optimizer} s{exp.seed}",
+        bar = tqdm(total=p.niter, initial=start, desc=f"olmp {exp.name} {self.record['optimizer']} s{exp.seed}",
                    unit="it", disable=not self.progress, mininterval=1.0)
         for itr in range(start, p.niter):
             draws = self.rng.random(len(exp.layers))
-            selected = [n for n, u in zip(exp.layers, draws) if u < selection_probability(self.gamma(n), itr)]
+            selected = [n for n, u in zip(exp.layers, draws) if u < self.policy.selection_probability(n, itr)]
             if itr < p.prune_stop_iter:
-                for n in selected:
-                    self.layers.update(n, threshold(self.stats[n], self.crates[n]))
-                if itr % s.every == 0 and len(selected) >= 2:
-                    self.record["searches"].append(self.search(itr, selected))
+                self.policy.prune(itr, selected)
             self.sgd_step(itr)
             if itr % p.record_every == 0 or itr == p.niter - 1:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
-                         "test_accuracy": self.test()["accuracy"], "crates": dict(self.crates)}
+                         "test_accuracy": self.test()["accuracy"], **self.policy.fields()}
                 self.record["progress"].append(entry)
                 bar.set_postfix(ratio=f"{entry['ratio']:.1f}x", batch=f"{entry['batch_accuracy']:.3f}",
                                 test=f"{entry['test_accuracy']:.4f}")
@@ -291,11 +313,11 @@ class Pipeline:
                 "remaining": remaining,
                 "ratio": total / max(remaining, 1),
                 "layers": self.layer_summary(),
-                "crates": self.crates,
+                **self.policy.fields(),
                 "test": final,
             },
             "seconds": {"sgd": round(self.sgd_seconds, 2), "search": round(self.search_seconds, 2),
-                        "this_session_wall": round(wall, 2)},
+                        "this_session_wall": round(wall, 2), "wall": round(self.wall_seconds + wall, 2)},
             "finished": True,
         })
         atomic.write_json(self.out / "record.json", self.record)
