@@ -205,7 +205,7 @@ def test_compare_writes_measured_and_reported_rows(tmp_path: Path) -> None:
     measured = [x for x in rows if x["source"] == "measured"]
     reported = [x for x in rows if x["source"] == "reported"]
     assert [x["method"] for x in measured] == ["olmp-ncs"] and measured[0]["seed"] == "1"
-    assert {x["method"] for x in reported} == {"olmp (released)", "deep-compression", "dns"}
+    assert [x["method"] for x in reported] == ["olmp-ncs", "deep-compression", "dns"]
     assert all(x["note"] for x in reported)
     assert {x["ratio"] for x in reported} >= {"113.5", "53.45", "12.0"}
     md = (tmp_path / "lenet300100" / "comparison.md").read_text()
