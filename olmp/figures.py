@@ -110,6 +110,7 @@ def convergence_figure(runs: list[dict[str, Any]]) -> Figure:
     ax = fig.subplots()
     labelled: set[str] = set()
     none_feasible = []
+    runs = [r for r in runs if r.get("method", "olmp") == "olmp"]  # baselines run no search
     for i, rec in enumerate(runs):
         trace = _feasible_trace(rec)
         opt = rec.get("optimizer", "?")
