@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic
+from olmp import atomic, paths
 
 
 def load_runs(model_dir: str | Path) -> list[dict[str, Any]]:
@@ -26,12 +26,20 @@ def load_runs(model_dir: str | Path) -> list[dict[str, Any]]:
 
 def own_reference(rec: dict[str, Any]) -> bool:
     """Runs from the project's own reference models, as opposed to the authors' released ones."""
-    return rec["experiment"]["weights"].startswith("results/")
+    return paths.external_models_dir().name not in Path(rec["experiment"]["weights"]).parts
 
 
 def group(rec: dict[str, Any]) -> str:
-    """Summary group: the optimizer, with runs from the authors' reference models apart."""
-    return rec["optimizer"] + ("" if own_reference(rec) else " (authors' reference)")
+    """Summary group: the optimizer, with experiment variants and the authors' reference models apart.
+
+    A variant is what follows the model in the experiment's name (``lenet300100-validation``).
+    """
+    name = rec["experiment"]["name"]
+    olmp_variant = rec.get("method", "olmp") == "olmp" and "-" in name  # baselines are named by method
+    tags = [name.split("-", 1)[1]] if olmp_variant else []
+    if not own_reference(rec):
+        tags.append("authors' reference")
+    return rec["optimizer"] + (f" ({', '.join(tags)})" if tags else "")
 
 
 def run_row(rec: dict[str, Any]) -> dict[str, Any]:
