@@ -87,7 +87,7 @@ say "configuring ($VARIANT, python $py_minor, numpy $np_major)"
   || { tail -40 "$log" >&2; die "cmake configure failed (log above)"; }
 say "compiling with $JOBS jobs (about 5-10 minutes on 2 cores)"
 ( cd "$work/build" && make -j"$JOBS" pycaffe 2>&1 ) | tee -a "$log" \
-  | grep --line-buffered -oE '^\[ *[0-9]+%\]' | uniq | sed -u 's/^/[pycaffe] /' >&2 || true
+  | awk '/^\[ *[0-9]+%\]/ { p = substr($0, 1, 6); if (p != last) { print "[pycaffe] " p; fflush(); last = p } }' >&2 || true
 [ -f "$work/build/lib/_caffe.so" ] || { grep -B2 -A10 -m3 'error' "$log" >&2; die "build failed (errors above)"; }
 
 # ---- assemble a relocatable python/caffe folder and cache it atomically -------------------------
