@@ -24,8 +24,12 @@ def loss_inputs(net: Any) -> tuple[str, str]:
     raise OlmpError("net has no SoftmaxWithLoss layer to read logits and labels from")
 
 
+def _correct(logits: np.ndarray, labels: np.ndarray) -> int:
+    return int(np.sum(np.argmax(logits.reshape(len(logits), -1), axis=1) == labels.reshape(-1).astype(int)))
+
+
 def batch_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(logits.reshape(len(logits), -1), axis=1) == labels.reshape(-1).astype(int)))
+    return _correct(logits, labels) / len(logits)
 
 
 def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -59,7 +63,7 @@ def evaluate_net(net: Any, images: int) -> dict[str, Any]:
         labels = net.blobs[label_name].data
         take = min(len(logits), images - seen)
         logits, labels = logits[:take], labels[:take]
-        correct += int(np.sum(np.argmax(logits.reshape(take, -1), axis=1) == labels.reshape(-1).astype(int)))
+        correct += _correct(logits, labels)
         loss_sum += _cross_entropy_sum(logits, labels)
         seen += take
     return {"accuracy": correct / seen, "loss": loss_sum / seen, "images": seen}

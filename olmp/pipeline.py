@@ -150,7 +150,8 @@ class Pipeline:
         self.layers.after_step()  # without straight-through: pruned weights back to exactly 0
         self.sgd_seconds += time.perf_counter() - t0
         loss = float(self.net.blobs["loss"].data)
-        big = max(float(np.abs(b.data).max()) for n in self.exp.layers for b in self.net.params[n])
+        # max |w| without allocating |W| on every step (NaN still propagates into `big`)
+        big = max(max(float(b.data.max()), -float(b.data.min())) for n in self.exp.layers for b in self.net.params[n])
         if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
             raise OlmpError(
                 f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); the last good "
