@@ -2,12 +2,17 @@
 
 Caffe's glog output floods a terminal, so its level is fixed before the first
 import; ``set_verbose`` must therefore be called before anything touches caffe.
+Nets and solvers are built in a forked child first, so that a net Caffe
+CHECK-fails on becomes a one-line error instead of an abort.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 from types import ModuleType
+from typing import Callable
 
 _caffe: ModuleType | None = None
 
@@ -47,29 +52,65 @@ def layer_types() -> list[str]:
     return list(caffe().layer_type_list())
 
 
-def _with_temp_prototxt(message: object, build):  # noqa: ANN001, ANN202
-    """pycaffe only takes file names: hand it a resolved copy, then remove it."""
-    import tempfile  # noqa: PLC0415
+def _fatal_line(log: str) -> str:
+    """The reason in a glog FATAL/CHECK message, e.g. ``Check failed: ... takes 2 bottom blob(s)``."""
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln[:1] == "F" and "] " in ln:
+            return ln.split("] ", 1)[1]
+    return lines[-1] if lines else "no message"
 
+
+def _probe(build: Callable[[], object], where: str) -> None:
+    """Build once in a forked child first.
+
+    Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
+    the abort only ends the child, and its glog line becomes a one-line OlmpError here.
+    A Python exception in the child is ignored: the real build below raises it again.
+    """
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    with tempfile.TemporaryFile() as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.dup2(log.fileno(), 2)
+                os.dup2(log.fileno(), 1)
+                build()
+            except BaseException:  # noqa: BLE001, S110
+                pass
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.seek(0)
+            reason = _fatal_line(log.read().decode("utf-8", "replace"))
+            raise OlmpError(f"Caffe rejects it: {reason}", where)
+
+
+def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN001, ANN202
+    """pycaffe only takes file names: hand it a resolved copy (probed first), then remove it."""
     from google.protobuf import text_format  # noqa: PLC0415
 
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="olmp-", delete=True) as fh:
         fh.write(text_format.MessageToString(message))
         fh.flush()
+        _probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
         return build(fh.name)
 
 
-def make_net(net_param: object, phase: str = "test"):  # noqa: ANN201
-    """A caffe.Net from a checked NetParameter (see olmp.prototxt.read_net)."""
+def make_net(net_param: object, phase: str = "test", source: str | os.PathLike | None = None):  # noqa: ANN201
+    """A caffe.Net from a checked NetParameter (see olmp.prototxt.read_net); ``source`` names it in errors."""
     c = caffe()
     ph = c.TEST if phase == "test" else c.TRAIN
-    return _with_temp_prototxt(net_param, lambda f: c.Net(f, ph))
+    return _with_temp_prototxt(net_param, lambda f: c.Net(f, ph), None if source is None else str(source))
 
 
-def make_solver(solver_param: object):  # noqa: ANN201
-    """A Caffe solver of the prototxt's type from a checked SolverParameter."""
+def make_solver(solver_param: object, source: str | os.PathLike | None = None):  # noqa: ANN201
+    """A Caffe solver of the prototxt's type from a checked SolverParameter; ``source`` names it in errors."""
     c = caffe()
-    return _with_temp_prototxt(solver_param, c.get_solver)
+    return _with_temp_prototxt(solver_param, c.get_solver, None if source is None else str(source))
 
 
 def set_random_seed(seed: int) -> None:

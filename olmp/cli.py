@@ -93,12 +93,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from olmp import config, pipeline
+    from olmp import config
 
     exp = config.load(args.experiment)
     changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed), ("weights", args.weights))
                if v is not None}
     exp = config.check(exp.replace(**changes))
+    from olmp import pipeline  # after the checks: a bad file is refused without importing Caffe
     label = exp.optimizer if exp.method == "olmp" else exp.method
     out = args.out or f"runs/{exp.name}/{label}-seed{exp.seed}"
     rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)

@@ -8,6 +8,7 @@ one line naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ CONSTRAINTS = ("penalty", "al")
 METHOD_NAMES = ("olmp", "deep-compression", "dns", "global-magnitude", "uniform")
 SCANNED_METHODS = ("deep-compression", "dns")  # per-layer values from a sensitivity scan
 ROUND_METHODS = ("deep-compression", "global-magnitude", "uniform")  # prune in rounds, no splicing
+# the optimizers' min_popsize (olmp/search/, a test checks they agree), without importing pycma here
+MIN_POPULATION = {"cmaes": 2}
+INT_MAX = 2**31 - 1  # Caffe's solver counts iterations (and takes its seed) in 32 bits
 
 
 @dataclass(frozen=True)
@@ -122,34 +126,35 @@ def _coerce(value: Any, default: Any, path: Path, key: str) -> Any:
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
+        if abs(value) > INT_MAX:
+            raise bad(f"an integer of at most {INT_MAX}")
         return value
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
+        if not _is_num(value):
+            raise bad("a finite number")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
             raise bad("a string")
         return value
     if isinstance(default, dict):
-        if not isinstance(value, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()
-        ):
-            raise bad("a table of numbers")
+        if not isinstance(value, dict) or not all(_is_num(v) for v in value.values()):
+            raise bad("a table of finite numbers")
         return {str(k): float(v) for k, v in value.items()}
     if key.endswith("grid"):
         if not (isinstance(value, list) and value and all(_is_num(v) for v in value)):
-            raise bad("a non-empty list of numbers")
+            raise bad("a non-empty list of finite numbers")
         return tuple(float(v) for v in value)
     if key.endswith("bounds"):
         if not (isinstance(value, list) and len(value) == 2 and all(_is_num(v) for v in value)):
-            raise bad("[lower, upper]")
+            raise bad("[lower, upper], two finite numbers")
         return (float(value[0]), float(value[1]))
     if key.endswith("sigma"):
         if _is_num(value):
             return ((0, float(value)),)
         if not (isinstance(value, list) and value and all(
-            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and _is_num(v[1]) for v in value
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
+            and _is_num(v[1]) for v in value
         )):
             raise bad("a number or a list of [from_iteration, step_size] pairs")
         return tuple((int(a), float(b)) for a, b in value)
@@ -157,7 +162,8 @@ def _coerce(value: Any, default: Any, path: Path, key: str) -> Any:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (TOML also spells nan and inf, which no setting accepts)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check(exp: Experiment, path: Path | str = "") -> Experiment:
@@ -181,6 +187,12 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
                         ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
         if v < lo:
             fail(f"{name} must be >= {lo}, got {v}")
+    if p.niter >= INT_MAX:
+        fail(f"pipeline.niter must be < {INT_MAX}, got {p.niter}")
+    if s.budget < s.population:
+        fail(f"search.budget ({s.budget}) must be >= search.population ({s.population}): one generation at least")
+    if exp.method == "olmp" and not s.bounds[0] <= p.initial_crate <= s.bounds[1]:
+        fail(f"pipeline.initial_crate {p.initial_crate} lies outside search.bounds {list(s.bounds)}")
     if p.prune_stop_iter < 0:
         fail(f"pipeline.prune_stop_iter must be >= 0, got {p.prune_stop_iter}")
     if any(sig <= 0 for _, sig in s.sigma) or s.sigma[0][0] != 0:
@@ -193,9 +205,12 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
         fail("search.validation_images must be > 0 when search.accuracy_on = 'validation'")
     if set(p.gamma) - {"Convolution", "InnerProduct"} or any(g < 0 for g in p.gamma.values()):
         fail("pipeline.gamma must map Convolution/InnerProduct to numbers >= 0")
-    if exp.seed < 0:
-        fail(f"seed must be >= 0, got {exp.seed}")
+    if not 0 <= exp.seed <= INT_MAX:
+        fail(f"seed must be in [0, {INT_MAX}], got {exp.seed}")
     _check_baseline(exp, fail)
+    least = MIN_POPULATION.get(exp.optimizer, 1)
+    if exp.method == "olmp" and s.population < least:
+        fail(f"search.population must be >= {least} for {exp.optimizer}, got {s.population}")
     return exp
 
 
@@ -259,4 +274,9 @@ def load(path: str | Path) -> Experiment:
         baseline=_section(BaselineConfig, raw.get("baseline", {}), path, "baseline."),
         source=str(path),
     )
-    return check(exp, path)
+    exp = check(exp, path)
+    from olmp.prototxt import resolve_path  # noqa: PLC0415
+
+    if not resolve_path(exp.solver).is_file():
+        raise OlmpError(f"solver {resolve_path(exp.solver)} does not exist", path)
+    return exp

@@ -62,6 +62,8 @@ def evaluate_net(net: Any, images: int) -> dict[str, Any]:
         logits = net.blobs[logits_name].data
         labels = net.blobs[label_name].data
         take = min(len(logits), images - seen)
+        if take <= 0:  # an empty batch would never finish the loop
+            raise OlmpError("the net's TEST batch is empty")
         logits, labels = logits[:take], labels[:take]
         correct += _correct(logits, labels)
         loss_sum += _cross_entropy_sum(logits, labels)
@@ -72,8 +74,9 @@ def evaluate_net(net: Any, images: int) -> dict[str, Any]:
 def evaluate(net_path: str | Path, weights_path: str | Path) -> dict[str, Any]:
     """``olmp evaluate``: accuracy and loss over the whole test set."""
     net_param = prototxt.read_net(net_path)
+    prototxt.require_loss(net_param, prototxt.resolve_path(net_path), caffe_bridge.caffe_pb2().TEST)
     model = weights.read_caffemodel(weights_path)
     images = test_set_size(net_param)
-    net = caffe_bridge.make_net(net_param, "test")
+    net = caffe_bridge.make_net(net_param, "test", source=net_path)
     weights.load_into(net, model)
     return evaluate_net(net, images)

@@ -66,7 +66,7 @@ class Pipeline:
         sp.snapshot_prefix = str(self.out / ".snapshot" / "snap")
         self.net_param = sp.net_param
         caffe_bridge.set_random_seed(exp.seed)
-        self.solver = caffe_bridge.make_solver(sp)
+        self.solver = caffe_bridge.make_solver(sp, source=exp.solver)
         self.net = self.solver.net
         self.test_net = self.solver.test_nets[0]
         self.test_net.share_with(self.net)  # Caffe only shares inside its own Test(); we test ourselves
@@ -117,7 +117,7 @@ class Pipeline:
                 lay.data_param.source = train_data.data_param.source
                 lay.data_param.batch_size = images
                 lay.transform_param.CopyFrom(train_data.transform_param)
-        net = caffe_bridge.make_net(param, "test")
+        net = caffe_bridge.make_net(param, "test", source=self.exp.solver)
         net.share_with(self.net)
         # load the batch once, candidates never reload it. The whole net runs: the TEST net has split
         # layers (label -> loss and accuracy) between the data layer and the first prunable layer, and

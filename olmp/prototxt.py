@@ -8,6 +8,7 @@ prototxt works from any working directory.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,12 @@ from olmp.errors import OlmpError
 
 PRUNABLE_TYPES = ("Convolution", "InnerProduct")
 _DATA_PARAMS = ("data_param", "hdf5_data_param", "image_data_param")
+SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+# Caffe's learning-rate policies and the settings each divides by or needs (sgd_solver.cpp)
+LR_POLICIES: dict[str, tuple[str, ...]] = {
+    "fixed": (), "step": ("stepsize",), "exp": ("gamma",), "inv": ("gamma", "power"),
+    "multistep": ("stepvalue",), "poly": ("power", "max_iter"), "sigmoid": ("stepsize",),
+}
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -58,6 +65,8 @@ def read_solver(path: str | Path) -> Any:
     path = resolve_path(path)
     solver = _parse(path, caffe_bridge.caffe_pb2().SolverParameter(), "solver prototxt")
     if solver.HasField("net"):
+        if not resolve_path(solver.net).is_file():
+            raise OlmpError(f"its net {resolve_path(solver.net)} does not exist", path)
         net = read_net(solver.net)
         solver.ClearField("net")
         solver.net_param.CopyFrom(net)
@@ -65,9 +74,51 @@ def read_solver(path: str | Path) -> Any:
         check_net(solver.net_param, path)
     else:
         raise OlmpError("solver names no net (set `net:`)", path)
-    if solver.base_lr <= 0:
-        raise OlmpError(f"base_lr must be > 0, got {solver.base_lr}", path)
+    check_solver(solver, path)
+    require_loss(solver.net_param, path, caffe_bridge.caffe_pb2().TRAIN)
+    require_loss(solver.net_param, path, caffe_bridge.caffe_pb2().TEST)
     return solver
+
+
+def check_solver(solver: Any, path: str | Path) -> None:
+    """Reject what Caffe would abort on (or divide by zero with) once training starts."""
+    def fail(msg: str) -> None:
+        raise OlmpError(msg, path)
+
+    if not (math.isfinite(solver.base_lr) and solver.base_lr > 0):
+        fail(f"base_lr must be > 0, got {solver.base_lr}")
+    if solver.type not in SOLVER_TYPES:
+        fail(f"unknown solver type '{solver.type}' (choose from {', '.join(SOLVER_TYPES)})")
+    if solver.lr_policy not in LR_POLICIES:
+        fail(f"unknown lr_policy '{solver.lr_policy}' (choose from {', '.join(LR_POLICIES)})")
+    for name in LR_POLICIES[solver.lr_policy]:
+        value = getattr(solver, name)
+        if name == "stepvalue":
+            if not value or list(value) != sorted(value):
+                fail("lr_policy 'multistep' needs increasing stepvalue entries")
+        elif not (math.isfinite(value) and value > 0):
+            fail(f"lr_policy '{solver.lr_policy}' needs {name} > 0, got {value}")
+    for name in ("momentum", "momentum2", "delta", "rms_decay", "weight_decay", "gamma", "power"):
+        value = getattr(solver, name)
+        if not math.isfinite(value) or value < 0:
+            fail(f"{name} must be a finite number >= 0, got {value}")
+    if solver.momentum >= 1:
+        fail(f"momentum must be < 1, got {solver.momentum}")
+    if len(solver.test_iter) != 1 or solver.test_iter[0] <= 0:
+        fail("needs one test_iter > 0: Caffe builds the net's TEST phase, where olmp evaluates, only with it")
+
+
+def require_loss(net: Any, path: str | Path, phase: int) -> None:
+    """olmp reads logits and labels at the SoftmaxWithLoss layer (its top named 'loss' when training),
+    and counts test images in the TEST phase's Data layer."""
+    pb = caffe_bridge.caffe_pb2()
+    layers = layers_in_phase(net, phase)
+    losses = [lay for lay in layers if lay.type == "SoftmaxWithLoss"]
+    if not losses or (phase == pb.TRAIN and "loss" not in losses[0].top):
+        need = "with top 'loss' " if phase == pb.TRAIN else ""
+        raise OlmpError(f"net has no SoftmaxWithLoss layer {need}in phase {pb.Phase.Name(phase)}", path)
+    if phase == pb.TEST and not any(lay.type == "Data" and lay.data_param.source for lay in layers):
+        raise OlmpError("net has no TEST-phase Data layer to evaluate on", path)
 
 
 def _in_phase(layer: Any, phase: int) -> bool:
@@ -119,10 +170,29 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
                 if check_sources and not src.exists():
                     hint = " (run `olmp data mnist`)" if "mnist" in src.name else ""
                     raise OlmpError(f"layer '{layer.name}' data source {src} does not exist{hint}", path)
+                if check_sources and field == "data_param":
+                    _check_lmdb(layer, src, path)
+            if layer.HasField(field) and getattr(layer, field).batch_size <= 0:
+                raise OlmpError(f"layer '{layer.name}' has batch_size {getattr(layer, field).batch_size}", path)
         if layer.type in PRUNABLE_TYPES:
             n_out = (layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param).num_output
             if n_out <= 0:
                 raise OlmpError(f"layer '{layer.name}' has num_output {n_out}", path)
+
+
+def _check_lmdb(layer: Any, src: Path, path: str | Path) -> None:
+    """Caffe aborts on a source that is not a non-empty LMDB; say so first."""
+    import lmdb  # noqa: PLC0415
+
+    if layer.data_param.backend != caffe_bridge.caffe_pb2().DataParameter.LMDB:
+        raise OlmpError(f"layer '{layer.name}': olmp reads LMDB data sources only", path)
+    try:
+        with lmdb.open(str(src), readonly=True, lock=False) as env:
+            entries = env.stat()["entries"]
+    except lmdb.Error as exc:
+        raise OlmpError(f"layer '{layer.name}' data source {src} is not a readable LMDB ({exc})", path) from None
+    if entries == 0:
+        raise OlmpError(f"layer '{layer.name}' data source {src} is an empty LMDB", path)
 
 
 def prunable_layer_names(net: Any) -> list[str]:

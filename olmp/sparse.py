@@ -209,7 +209,7 @@ def import_dense(src: str | Path, dst: str | Path, net_path: str | Path | None =
     if net_path is None:
         convert.write_params_only([(n, lp.type, lp.blobs) for n, lp in model.layers.items()], dst)
     else:
-        net = caffe_bridge.make_net(prototxt.read_net(net_path), "test")
+        net = caffe_bridge.make_net(prototxt.read_net(net_path), "test", source=net_path)
         weights.load_into(net, model)
         weights.save_net(net, dst)
     info = weights.summary(weights.read_caffemodel(dst))

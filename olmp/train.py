@@ -36,7 +36,7 @@ def train(
     sp.snapshot = 0
     sp.display = 0
     caffe_bridge.set_random_seed(seed)
-    solver = caffe_bridge.make_solver(sp)
+    solver = caffe_bridge.make_solver(sp, source=solver_path)
     start = time.perf_counter()
     curve = []
     with tqdm(total=iters, desc=f"train {solver_path.stem}", unit="it", disable=not progress) as bar:

@@ -9,6 +9,7 @@ in place. Every model comes back as stock blobs with masks applied.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from olmp import atomic, caffe_bridge
 from olmp.errors import OlmpError
 
+MAX_BLOB = 2**31 - 1  # Caffe counts a blob's values in an int
 FORK_TYPES = {"CInnerProduct": "InnerProduct", "CConvolution": "Convolution"}
 
 
@@ -57,7 +59,11 @@ def _blob_array(blob: Any, path: Path, where: str) -> np.ndarray:
         shape = tuple(int(d) for d in (blob.num, blob.channels, blob.height, blob.width))
     if any(d < 0 for d in shape):
         raise OlmpError(f"{where} has a negative dimension {shape}", path)
-    declared = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    declared = math.prod(shape)  # exact: a float product overflows on absurd dims
+    if declared == 0:
+        raise OlmpError(f"{where} is empty (shape {shape})", path)
+    if declared > MAX_BLOB:
+        raise OlmpError(f"{where} declares shape {shape}, more than Caffe's {MAX_BLOB} values per blob", path)
     values = blob.data if len(blob.data) else blob.double_data
     if len(values) != declared:
         raise OlmpError(f"{where} declares shape {shape} ({declared} values) but holds {len(values)}", path)
