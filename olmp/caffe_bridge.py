@@ -61,7 +61,7 @@ def _fatal_line(log: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def _probe(build: Callable[[], object], where: str) -> None:
+def probe(build: Callable[[], object], where: str) -> None:
     """Build once in a forked child first.
 
     Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
@@ -96,7 +96,7 @@ def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="olmp-", delete=True) as fh:
         fh.write(text_format.MessageToString(message))
         fh.flush()
-        _probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
+        probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
         return build(fh.name)
 
 

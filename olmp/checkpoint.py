@@ -14,15 +14,18 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from olmp import atomic, caffe_bridge, weights
+from olmp import atomic, caffe_bridge, testhook, weights
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
+SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move
 
 
 class RunLock:
@@ -51,7 +54,7 @@ class RunLock:
 
 def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     """Write ``out/checkpoint`` atomically. Call between solver steps (blobs hold dense W)."""
-    snap_dir = out / ".snapshot"
+    snap_dir = out / SNAPSHOT
     shutil.rmtree(snap_dir, ignore_errors=True)
     snap_dir.mkdir()
     solver.snapshot()  # writes <snapshot_prefix>_iter_N.{caffemodel,solverstate} into .snapshot/
@@ -63,33 +66,70 @@ def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[
         os.replace(solverstate, tmp / "solver.solverstate")
         with open(tmp / "masks.npz", "wb") as fh:
             np.savez(fh, **mask_state)
-        (tmp / "state.json").write_text(json.dumps(state))
+        text = json.dumps(state)
+        with open(tmp / "state.json", "w") as fh:
+            fh.write(text[: len(text) // 2])
+            fh.flush()
+            testhook.kill_at("checkpoint", state["next_itr"])  # tests: a kill in mid-write
+            fh.write(text[len(text) // 2:])
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     shutil.rmtree(snap_dir, ignore_errors=True)
 
 
+def clean(out: Path) -> None:
+    """Finish or drop what a killed run was writing: interrupted renames, Caffe's snapshot files.
+
+    Call with the run's lock held; nothing else writes these temporaries.
+    """
+    atomic.clean(out)
+    shutil.rmtree(out / SNAPSHOT, ignore_errors=True)
+
+
+def remove(out: Path) -> None:
+    """Drop the checkpoint in one rename, so a kill never leaves it half deleted."""
+    ck = out / CHECKPOINT
+    if ck.exists():
+        gone = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=out))
+        os.replace(ck, gone / CHECKPOINT)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
 def exists(out: Path) -> bool:
     return (out / CHECKPOINT / "state.json").is_file()
 
 
-def load(out: Path, solver: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Restore the solver (weights, history, iteration); return (mask_state, state)."""
+def load(
+    out: Path, solver: Any, experiment: dict[str, Any] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Restore the solver (weights, history, iteration); return (mask_state, state).
+
+    With ``experiment`` (``Experiment.to_dict()``), a checkpoint made with other settings is
+    refused: resuming it could not give the uninterrupted run's result.
+    """
     ck = out / CHECKPOINT
+    pb = caffe_bridge.caffe_pb2()
+    ss = pb.SolverState()
     try:
         state = json.loads((ck / "state.json").read_text())
         with np.load(ck / "masks.npz") as z:
             mask_state = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as exc:
-        raise OlmpError(f"unreadable checkpoint ({exc})", ck) from exc
-    pb = caffe_bridge.caffe_pb2()
-    ss = pb.SolverState()
-    ss.ParseFromString((ck / "solver.solverstate").read_bytes())
+        made_with = state["record"]["experiment"]
+        ss.ParseFromString((ck / "solver.solverstate").read_bytes())
+    except (OSError, ValueError, KeyError, TypeError, DecodeError, zipfile.BadZipFile) as exc:
+        raise OlmpError(f"unreadable checkpoint ({exc}); remove it to start again", ck) from exc
+    if experiment is not None:
+        now = json.loads(json.dumps(experiment))
+        changed = sorted(k for k in set(now) | set(made_with) if k != "source" and now.get(k) != made_with.get(k))
+        if changed:
+            raise OlmpError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
+                            "same experiment and options, or choose another --out", out)
     ss.ClearField("learned_net")  # weights are loaded below, through our checked loader
     with tempfile.NamedTemporaryFile(suffix=".solverstate", delete=True) as fh:
         fh.write(ss.SerializeToString())
         fh.flush()
+        caffe_bridge.probe(lambda: solver.restore(fh.name), str(ck / "solver.solverstate"))
         solver.restore(fh.name)
     weights.load_weights(solver.net, ck / "weights.caffemodel")
     return mask_state, state

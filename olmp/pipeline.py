@@ -22,7 +22,6 @@ continues a killed run to the same result as an uninterrupted one.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, weights
+from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.config import Experiment
@@ -63,7 +62,7 @@ class Pipeline:
         sp.snapshot = 0
         sp.max_iter = exp.pipeline.niter + 1
         sp.snapshot_format = caffe_bridge.caffe_pb2().SolverParameter.BINARYPROTO
-        sp.snapshot_prefix = str(self.out / ".snapshot" / "snap")
+        sp.snapshot_prefix = str(self.out / checkpoint.SNAPSHOT / "snap")
         self.net_param = sp.net_param
         caffe_bridge.set_random_seed(exp.seed)
         self.solver = caffe_bridge.make_solver(sp, source=exp.solver)
@@ -184,6 +183,7 @@ class Pipeline:
                 else:
                     fit = sizes
                 opt.tell(xs, fit, violations=[-e.margin for e in evals])
+                testhook.kill_at("search", itr)
                 res = opt.result
                 trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])
             res = opt.result
@@ -239,7 +239,7 @@ class Pipeline:
         checkpoint.save(self.out, self.solver, self.layers.state(), self._state(next_itr))
 
     def _resume(self) -> int:
-        mask_state, state = checkpoint.load(self.out, self.solver)
+        mask_state, state = checkpoint.load(self.out, self.solver, self.exp.to_dict())
         self.layers.load_state(mask_state)
         self.crates = {k: float(v) for k, v in state["crates"].items()}
         self.rng.bit_generator.state = state["rng"]
@@ -291,6 +291,7 @@ class Pipeline:
             if itr < p.prune_stop_iter:
                 self.policy.prune(itr, selected)
             self.sgd_step(itr)
+            testhook.kill_at("sgd", itr)
             if itr % p.record_every == 0 or itr == p.niter - 1:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
                          "test_accuracy": self.test()["accuracy"], **self.policy.fields()}
@@ -322,7 +323,7 @@ class Pipeline:
             "finished": True,
         })
         atomic.write_json(self.out / "record.json", self.record)
-        shutil.rmtree(self.out / checkpoint.CHECKPOINT, ignore_errors=True)  # the record is the result now
+        checkpoint.remove(self.out)  # the record is the result now
         return self.record
 
 
@@ -330,6 +331,7 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
     """``olmp prune``: run (or resume, or just report) one experiment into ``out``."""
     out = Path(out)
     with checkpoint.RunLock(out):
+        checkpoint.clean(out)  # what a killed run was writing
         rec_path = out / "record.json"
         if rec_path.is_file():
             import json  # noqa: PLC0415
