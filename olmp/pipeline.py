@@ -152,9 +152,11 @@ class Pipeline:
         # max |w| without allocating |W| on every step (NaN still propagates into `big`)
         big = max(max(float(b.data.max()), -float(b.data.min())) for n in self.exp.layers for b in self.net.params[n])
         if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
+            kept = (f"the last good checkpoint is kept in {self.out / checkpoint.CHECKPOINT}"
+                    if checkpoint.exists(self.out) else "no checkpoint was written yet")
             raise OlmpError(
-                f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); the last good "
-                f"checkpoint is kept in {self.out / checkpoint.CHECKPOINT}; lower base_lr in the solver",
+                f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); {kept}; "
+                "lower base_lr (or a growing learning-rate schedule) in the solver",
                 self.exp.solver,
             )
 

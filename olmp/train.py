@@ -12,7 +12,19 @@ from tqdm import tqdm
 from olmp import atomic, caffe_bridge, evaluate, prototxt, weights
 from olmp.errors import OlmpError
 
-CHUNK = 100  # solver steps between progress updates and divergence checks
+CHUNK = 100  # solver steps between progress updates
+WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence (as in olmp.pipeline)
+
+
+def _check_step(net: Any, itr: int, solver_path: Path) -> float:
+    """Stop after the step that diverges: a NaN weight must never reach the next forward
+    (Caffe's max-pool backward then writes out of bounds)."""
+    loss = float(net.blobs["loss"].data)
+    big = max(max(float(b.data.max()), -float(b.data.min())) for blobs in net.params.values() for b in blobs)
+    if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
+        raise OlmpError(f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); "
+                        "lower base_lr in the solver", solver_path)
+    return loss
 
 
 def train(
@@ -43,11 +55,10 @@ def train(
         done = 0
         while done < iters:
             n = min(CHUNK, iters - done)
-            solver.step(n)
-            done += n
-            loss = float(solver.net.blobs["loss"].data)
-            if not math.isfinite(loss):
-                raise OlmpError(f"loss diverged to {loss} at iteration {done}; lower base_lr", solver_path)
+            for _ in range(n):  # one step at a time, each checked (the same steps as solver.step(n))
+                solver.step(1)
+                done += 1
+                loss = _check_step(solver.net, done, solver_path)
             curve.append({"iter": done, "loss": loss})
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update(n)
