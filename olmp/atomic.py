@@ -37,6 +37,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 os.replace(target, tmp / (target.name + OLD))
                 os.replace(tmp_target, target)
         else:
+            if target.is_dir() and not tmp_target.is_dir():
+                from olmp.errors import OlmpError  # noqa: PLC0415
+
+                raise OlmpError("is a folder; give a file name to write", target)
             os.replace(tmp_target, target)
         _fsync_dir(target.parent)
     finally:

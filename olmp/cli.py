@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except OlmpError as exc:
         print(f"olmp: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment: permissions, a full disk, a folder where a file goes
+        where = exc.filename2 or exc.filename
+        print(f"olmp: error: {where}: {exc.strerror or exc}" if where else f"olmp: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("olmp: interrupted", file=sys.stderr)
         return 130

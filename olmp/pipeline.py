@@ -338,8 +338,11 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
         if rec_path.is_file():
             import json  # noqa: PLC0415
 
-            rec = json.loads(rec_path.read_text())
-            if rec.get("finished"):
+            try:
+                rec = json.loads(rec_path.read_text())
+            except ValueError as exc:
+                raise OlmpError(f"unreadable record ({exc}); remove it to run again", rec_path) from None
+            if isinstance(rec, dict) and rec.get("finished"):
                 return rec
         if checkpoint.exists(out) and not resume:
             raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)

@@ -11,14 +11,27 @@ from pathlib import Path
 from typing import Any
 
 from olmp import atomic, paths
+from olmp.errors import OlmpError
+
+RECORD_KEYS = ("experiment", "reference", "final", "seconds")  # what the tables read from a finished record
 
 
 def load_runs(model_dir: str | Path) -> list[dict[str, Any]]:
     """Finished runs under ``model_dir`` (one folder per run), sorted by folder name."""
+    if not Path(model_dir).is_dir():
+        raise OlmpError("results folder not found", model_dir)
     runs = []
     for rec_path in sorted(Path(model_dir).glob("*/record.json")):
-        rec = json.loads(rec_path.read_text())
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise OlmpError(f"unreadable run record ({exc})", rec_path) from None
+        if not isinstance(rec, dict):
+            raise OlmpError("a run record must be a JSON object", rec_path)
         if rec.get("finished") and rec_path.parent.name != "best":
+            missing = [k for k in RECORD_KEYS if not isinstance(rec.get(k), dict)]
+            if missing:
+                raise OlmpError(f"finished run record lacks {', '.join(missing)}", rec_path)
             rec["_dir"] = rec_path.parent
             runs.append(rec)
     return runs

