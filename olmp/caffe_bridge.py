@@ -9,12 +9,15 @@ CHECK-fails on becomes a one-line error instead of an abort.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import time
 from types import ModuleType
 from typing import Callable
 
 _caffe: ModuleType | None = None
+PROBE_SECONDS = 120.0  # a probe child taking longer is given up on (see probe)
 
 
 def set_verbose(verbose: bool) -> None:
@@ -66,7 +69,9 @@ def probe(build: Callable[[], object], where: str) -> None:
 
     Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
     the abort only ends the child, and its glog line becomes a one-line OlmpError here.
-    A Python exception in the child is ignored: the real build below raises it again.
+    A Python exception in the child is ignored: the real build below raises it again. The
+    child only builds and exits; one stuck past PROBE_SECONDS (fork copies the locks other
+    threads held) is killed, and the build goes ahead unprobed.
     """
     from olmp.errors import OlmpError  # noqa: PLC0415
 
@@ -82,8 +87,14 @@ def probe(build: Callable[[], object], where: str) -> None:
             except BaseException:  # noqa: BLE001, S110
                 pass
             os._exit(0)
-        _, status = os.waitpid(pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
+        deadline = time.monotonic() + PROBE_SECONDS
+        while not (done := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:  # stuck (a lock copied by fork?): let it go, build for real
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.002)
+        if os.waitstatus_to_exitcode(done[1]) != 0:
             log.seek(0)
             reason = _fatal_line(log.read().decode("utf-8", "replace"))
             raise OlmpError(f"Caffe rejects it: {reason}", where)
