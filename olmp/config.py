@@ -36,6 +36,7 @@ class SearchConfig:
     infeasible_fitness: float = 1.1
     accuracy_on: str = "minibatch"  # "minibatch" (paper) or "validation"
     validation_images: int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
+    workers: int = 1  # processes scoring a population (results do not depend on it)
 
     def sigma_at(self, itr: int) -> float:
         """The step-size schedule: the last entry whose start iteration is <= itr."""
@@ -176,7 +177,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if not s.bounds[0] < s.bounds[1]:
         fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
     for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
-                        ("search.budget", s.budget, 1), ("pipeline.niter", p.niter, 1),
+                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1),
+                        ("pipeline.niter", p.niter, 1),
                         ("pipeline.record_every", p.record_every, 1),
                         ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
         if v < lo:

@@ -270,3 +270,22 @@ def test_partial_forward_scores_like_a_full_forward(lenet5_model: Path) -> None:
             logits, labels = evaluate.loss_inputs(net)
             full.append(evaluate.batch_accuracy(net.blobs[logits].data, net.blobs[labels].data))
     assert fast == full
+
+
+@pytest.mark.parametrize("accuracy_on", ["minibatch", "validation"])
+def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: Path, accuracy_on: str) -> None:
+    """A population scored by 1 or 3 processes: the same searches, masks and model, bit for bit."""
+    text = small_experiment(tmp_path, lenet300100_model, niter=121, prune_stop=120, budget=48).read_text()
+    if accuracy_on == "validation":  # the TEST-phase batch net (split layers, a different phase) in the workers
+        text = text.replace("delta = 0.08", 'delta = 0.02\naccuracy_on = "validation"\nvalidation_images = 300')
+    (tmp_path / "par.toml").write_text(text)
+    exp = config.load(tmp_path / "par.toml")
+    recs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        exp_w = config.check(exp.replace(search=exp.search.__class__(**{**vars(exp.search), "workers": workers})))
+        recs[workers] = _strip_times(pipeline.prune(exp_w, out, progress=False))
+        recs[workers]["experiment"]["search"].pop("workers")
+    assert sum(s["evaluations"] for s in recs[1]["searches"]) > 0
+    assert recs[1] == recs[3]
+    assert (tmp_path / "w1" / "pruned.caffemodel").read_bytes() == (tmp_path / "w3" / "pruned.caffemodel").read_bytes()
