@@ -117,6 +117,36 @@ def bench_evaluation(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Ge
             "searches_expected": round(weight, 2), "per_layer_set": per_set}
 
 
+def bench_workers(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Generator, workers: int = 2
+                  ) -> dict[str, Any]:
+    """Populations of the experiment's size scored here against across ``workers`` processes (all layers)."""
+    from olmp.parallel import WorkerPool  # noqa: PLC0415
+
+    selected = list(pipe.exp.layers)
+    pop = pipe.exp.search.population
+    lo, hi = pipe.exp.search.bounds
+    pool = WorkerPool(workers, pipe.eval_net, pipe._eval_net_param, pipe.eval_param, selected)
+    one, many = [], []
+    try:
+        for _ in range(repeats):
+            xs = list(np.clip(rng.normal(2.0, 2.0, size=(max(evals, pop), len(selected))), lo, hi))
+            gens = [xs[i:i + pop] for i in range(0, len(xs), pop)]
+            ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, selected, pipe.exp.search.delta)
+            with ev.session():
+                t0 = time.perf_counter()
+                local = [ev(x) for g in gens for x in g]
+                one.append(time.perf_counter() - t0)
+                pool.start(ev)
+                t0 = time.perf_counter()
+                spread = [e for g in gens for e in pool.map(g)]
+                many.append(time.perf_counter() - t0)
+                pool.end()
+            assert local == spread, "workers scored differently"
+    finally:
+        pool.close()
+    return {f"parallel_speedup_{workers}_workers": statistics.median(one) / statistics.median(many)}
+
+
 # -- (b) masked SGD step --------------------------------------------------------------------------
 def plain_solver(pipe: Pipeline) -> Any:
     sp = prototxt.read_solver(pipe.exp.solver)
@@ -194,14 +224,15 @@ def markdown(result: dict[str, Any]) -> str:
              f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
              f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
              "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", "",
-             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | masked/plain SGD step | "
-             "plain step ms | pipeline s | search fraction | pipeline source |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | 2 workers | masked/plain SGD step | "
+             "plain step ms | plain steps x niter s | pipeline s | search fraction | pipeline source |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in result.items():
         if model in ("machine", "command"):
             continue
         lines.append(f"| {model} | {r['eval_speedup']:.2f}x | {r['evals_per_second']:.0f} | "
-                     f"{r['naive_evals_per_second']:.0f} | {r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | "
+                     f"{r['naive_evals_per_second']:.0f} | {r['parallel_speedup_2_workers']:.2f}x | "
+                     f"{r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | {r['sgd_floor_seconds']:.0f} | "
                      f"{r.get('pipeline_seconds', float('nan')):.0f} | {r.get('search_fraction', float('nan')):.3f} | "
                      f"{r.get('pipeline_source', '-')} |")
     for model, r in result.items():
@@ -235,8 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                 pipe.layers.update(n, threshold(pipe.stats[n], pipe.crates[n]))
             print(f"[bench] {model}: candidate evaluation", file=sys.stderr)
             r = bench_evaluation(pipe, evals, repeats, rng)
+            print(f"[bench] {model}: worker processes", file=sys.stderr)
+            r.update(bench_workers(pipe, evals, repeats, rng))
             print(f"[bench] {model}: SGD step", file=sys.stderr)
             r.update(bench_step(pipe, chunk, repeats * 3))
+            r["sgd_floor_seconds"] = r["plain_step_ms"] * exp.pipeline.niter / 1e3  # plain steps alone
         recorded = pipeline_from_records(model)
         if recorded:
             r.update(recorded, pipeline_source="run records (median)")
@@ -251,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     name = "quick" if args.quick else "latest"
     atomic.write_json(out / f"{name}.json", result)
     atomic.write_text(out / f"{name}.md", markdown(result))
-    print(json.dumps({m: {k: v for k, v in r.items() if k != "per_layer_set"} for m, r in result.items()}))
+    print(json.dumps({m: ({k: v for k, v in r.items() if k != "per_layer_set"} if isinstance(r, dict) else r)
+                      for m, r in result.items()}))
     return 0
 
 
