@@ -2,8 +2,9 @@
 
 A candidate's crates give the selected layers new masks, starting from their
 current masks (the DNS rule keeps its hysteresis). The net is re-run from the
-first selected layer on the current minibatch, reusing the activations below it,
-and its accuracy is read from the logits. The live masks and weights are put
+first layer whose mask differs from the one the net last ran with, reusing the
+activations below it (no layer changed: the last accuracy stands), and its
+accuracy is read from the logits. The live masks and weights are put
 back exactly afterwards: evaluating never changes the training state.
 """
 
@@ -48,7 +49,6 @@ class CandidateEvaluator:
         self.stats = stats
         order = list(net._layer_names)
         self.selected = sorted(selected, key=order.index)
-        self.start = self.selected[0]  # re-run from the first selected layer
         self.first_prunable = min(layers.names, key=order.index)
         self.delta = delta
         self.logits, self.labels = evaluate.loss_inputs(net)
@@ -57,7 +57,10 @@ class CandidateEvaluator:
         self.reference_accuracy = float("nan")
         self._scratch = {n: [np.empty_like(m) for m in layers.masks[n]] for n in self.selected}
         self._absw: dict[str, list[np.ndarray]] = {}
+        self._shown: dict[str, list[np.ndarray]] = {}  # masks in the blobs, that the activations came from
+        self._last_accuracy = float("nan")
         self.evaluations = 0
+        self.forwards = 0  # evaluations that had to re-run part of the net
 
     @contextlib.contextmanager
     def session(self) -> Iterator["CandidateEvaluator"]:
@@ -65,7 +68,8 @@ class CandidateEvaluator:
         with self.layers.masked():
             self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.selected}
             self.net.forward(start=self.first_prunable)  # every layer may have moved since the last step
-            self.reference_accuracy = self._accuracy()
+            self.reference_accuracy = self._last_accuracy = self._accuracy()
+            self._shown = {n: [m.copy() for m in self.layers.masks[n]] for n in self.selected}
             try:
                 yield self
             finally:
@@ -90,11 +94,19 @@ class CandidateEvaluator:
     def __call__(self, crates: Sequence[float]) -> Evaluation:
         new = self.masks_for(crates)
         remaining = self.fixed_remaining
-        for n in self.selected:
-            for blob, w, m in zip(self.layers.data(n), self.layers.dense(n), new[n]):
+        first_changed = None
+        for n in self.selected:  # in net order
+            remaining += sum(int(np.count_nonzero(m)) for m in new[n])
+            if all(np.array_equal(m, shown) for m, shown in zip(new[n], self._shown[n])):
+                continue
+            first_changed = first_changed or n
+            for blob, w, m, shown in zip(self.layers.data(n), self.layers.dense(n), new[n], self._shown[n]):
                 np.multiply(w, m, out=blob)
-                remaining += int(np.count_nonzero(m))
-        self.net.forward(start=self.start)
-        acc = self._accuracy()
+                shown[...] = m
+        if first_changed is not None:
+            self.net.forward(start=first_changed)
+            self._last_accuracy = self._accuracy()
+            self.forwards += 1
+        acc = self._last_accuracy
         self.evaluations += 1
         return Evaluation(remaining / self.total, acc, acc - (self.reference_accuracy - self.delta))

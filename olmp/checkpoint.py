@@ -25,6 +25,7 @@ from olmp import atomic, caffe_bridge, testhook, weights
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
+RESULT_FREE = ("source", "search.workers")  # settings a resume may change: same result either way
 SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move
 
 
@@ -100,6 +101,19 @@ def exists(out: Path) -> bool:
     return (out / CHECKPOINT / "state.json").is_file()
 
 
+def _settings(experiment: dict[str, Any]) -> dict[str, Any]:
+    """An experiment's settings as ``section.key`` -> value, less those the result does not depend on."""
+    flat: dict[str, Any] = {}
+    for key, value in json.loads(json.dumps(experiment)).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    for key in RESULT_FREE:
+        flat.pop(key, None)
+    return flat
+
+
 def load(
     out: Path, solver: Any, experiment: dict[str, Any] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -120,8 +134,8 @@ def load(
     except (OSError, ValueError, KeyError, TypeError, DecodeError, zipfile.BadZipFile) as exc:
         raise OlmpError(f"unreadable checkpoint ({exc}); remove it to start again", ck) from exc
     if experiment is not None:
-        now = json.loads(json.dumps(experiment))
-        changed = sorted(k for k in set(now) | set(made_with) if k != "source" and now.get(k) != made_with.get(k))
+        now, then = _settings(experiment), _settings(made_with)
+        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
         if changed:
             raise OlmpError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
                             "same experiment and options, or choose another --out", out)

@@ -95,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from olmp import config
 
-    exp = config.load(args.experiment)
+    exp = config.load(args.experiment, args.set or ())
     changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed), ("weights", args.weights))
                if v is not None}
     exp = config.check(exp.replace(**changes))
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help="reference caffemodel (overrides the experiment's)")
     r.add_argument("--out", help="run folder (default runs/<name>/<optimizer or method>-seed<seed>)")
     r.add_argument("--resume", action="store_true", help="continue from the folder's checkpoint")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="change one setting of the experiment (repeatable), e.g. search.delta=0.04")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_prune)
 

@@ -12,7 +12,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from olmp import paths
 from olmp.errors import OlmpError
@@ -40,6 +40,7 @@ class SearchConfig:
     infeasible_fitness: float = 1.1
     accuracy_on: str = "minibatch"  # "minibatch" (paper) or "validation"
     validation_images: int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
+    workers: int = 1  # processes scoring a population (results do not depend on it)
 
     def sigma_at(self, itr: int) -> float:
         """The step-size schedule: the last entry whose start iteration is <= itr."""
@@ -182,7 +183,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if not s.bounds[0] < s.bounds[1]:
         fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
     for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
-                        ("search.budget", s.budget, 1), ("pipeline.niter", p.niter, 1),
+                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1),
+                        ("pipeline.niter", p.niter, 1),
                         ("pipeline.record_every", p.record_every, 1),
                         ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
         if v < lo:
@@ -238,8 +240,30 @@ def _check_baseline(exp: Experiment, fail: Any) -> None:
         fail("baseline.gamma and baseline.power must be >= 0")
 
 
-def load(path: str | Path) -> Experiment:
-    """Read and check an experiment file; a bare name means scripts/experiments/NAME.toml."""
+def _override(raw: dict[str, Any], setting: str, path: Path) -> None:
+    """Apply one ``section.key=value`` (value in TOML syntax; a bare word is a string) to the parsed file."""
+    key, sep, text = setting.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts) or len(parts) > 2:
+        raise OlmpError(f"--set wants KEY=VALUE or SECTION.KEY=VALUE, got {setting!r}", path)
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    table = raw
+    if len(parts) == 2:
+        table = raw.setdefault(parts[0], {})
+        if not isinstance(table, dict):
+            raise OlmpError(f"--set {setting}: [{parts[0]}] is not a table", path)
+    table[parts[-1]] = value
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Read and check an experiment file; a bare name means scripts/experiments/NAME.toml.
+
+    ``overrides`` ("search.delta=0.04", ...) change single settings for sweeps, such as the trade-off
+    curves, without a copy of the file; they are checked like the file and kept in ``source``.
+    """
     path = Path(path)
     if not path.suffix and not path.exists():
         path = paths.EXPERIMENTS_DIR / f"{path}.toml"
@@ -249,6 +273,8 @@ def load(path: str | Path) -> Experiment:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OlmpError(f"malformed TOML: {exc}", path) from exc
+    for setting in overrides:
+        _override(raw, setting, path)
     top = {k: v for k, v in raw.items() if k not in ("search", "pipeline", "baseline")}
     required = ("name", "solver", "net", "weights", "layers")
     missing = [k for k in required if k not in top]
@@ -272,7 +298,7 @@ def load(path: str | Path) -> Experiment:
         search=_section(SearchConfig, raw.get("search", {}), path, "search."),
         pipeline=_section(PipelineConfig, raw.get("pipeline", {}), path, "pipeline."),
         baseline=_section(BaselineConfig, raw.get("baseline", {}), path, "baseline."),
-        source=str(path),
+        source=" ".join([str(path), *(f"--set {o}" for o in overrides)]),
     )
     exp = check(exp, path)
     from olmp.prototxt import resolve_path  # noqa: PLC0415

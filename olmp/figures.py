@@ -1,11 +1,14 @@
 """Figures regenerated from run records alone (record.json), never from a rerun.
 
-Three figures per model folder, each as PNG and SVG, written atomically:
+Five figures per model folder, each as PNG and SVG, written atomically:
 
 - ``progress``: compression ratio and test accuracy against iteration, one line per run;
 - ``convergence``: best feasible size against evaluations in each run's first search,
   coloured by optimizer (ncs, cmaes, sampling), so optimizers compare on one budget;
-- ``layers``: remaining % per layer, one bar per run, grouped by layer.
+- ``layers``: remaining % per layer, one bar per run, grouped by layer;
+- ``methods``: remaining % per layer of each method's median-ratio run, grouped by layer;
+- ``tradeoff``: test accuracy against compression ratio, every run of every method, with the
+  sweeps under ``<model>/tradeoff/`` (delta for OLMP, scales for the baselines) joined by lines.
 
 matplotlib is driven through its object API on the Agg canvas: no pyplot state, no
 display needed, and the SVG hash salt and dates are fixed so that regenerating from
@@ -158,26 +161,102 @@ def layers_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
+def _method(rec: dict[str, Any]) -> str:
+    from olmp.compare import method_label  # noqa: PLC0415
+
+    return method_label(rec)
+
+
+def _series(rec: dict[str, Any]) -> str:
+    """The trade-off series: the method, and the feasibility estimate where it is not the paper's."""
+    validation = rec.get("experiment", {}).get("search", {}).get("accuracy_on") == "validation"
+    return _method(rec) + (" (validation batch)" if validation and rec.get("method", "olmp") == "olmp" else "")
+
+
+def median_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each method's median-ratio run from the project's own references (the lower one of an even count)."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for rec in runs:
+        if _own_paper_setting(rec):
+            by_method.setdefault(_method(rec), []).append(rec)
+    out = []
+    for method in sorted(by_method):
+        ranked = sorted(by_method[method], key=lambda r: r["final"]["ratio"])
+        out.append(ranked[(len(ranked) - 1) // 2])
+    return out
+
+
+def methods_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Grouped bars: remaining % per layer of each method's median run (paper settings, own reference)."""
+    picked = median_runs(runs)
+    fig = layers_figure([{**r, "_dir": Path(_method(r))} for r in picked])
+    fig.axes[0].set_title("Median-ratio run of each method")
+    return fig
+
+
+def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
+    """Test accuracy against ratio: every run a point, the runs of one method joined in ratio order."""
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    methods = sorted({_series(r) for r in runs})
+    for i, method in enumerate(methods):
+        mine = sorted((r for r in runs if _series(r) == method), key=lambda r: r["final"]["ratio"])
+        ax.scatter([r["final"]["ratio"] for r in mine], [r["final"]["test"]["accuracy"] for r in mine],
+                   s=18, color=f"C{i % 10}", label=method, zorder=3)
+        sweep = [r for r in mine if r["seed"] == 1]  # one seed: the settings sweep, joined in ratio order
+        if len(sweep) > 1:
+            ax.plot([r["final"]["ratio"] for r in sweep], [r["final"]["test"]["accuracy"] for r in sweep],
+                    linewidth=0.9, color=f"C{i % 10}")
+    for acc in sorted({r["reference"]["test"]["accuracy"] for r in runs}):
+        ax.axhline(acc, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(f"reference {acc:.4f}", (0.01, acc), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(0, 3), color="grey", fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("compression ratio (all / remaining)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy against compression (points: runs; lines: seed-1 settings sweeps)")
+    ax.grid(True, alpha=0.3)
+    if runs:
+        ax.legend(fontsize=7)
+    return fig
+
+
 FIGURES: dict[str, Callable[[list[dict[str, Any]]], Figure]] = {
     "progress": progress_figure,
     "convergence": convergence_figure,
     "layers": layers_figure,
+    "methods": methods_figure,
 }
 
 
-def write_figures(model_dir: str | Path, runs: list[dict[str, Any]]) -> list[Path]:
-    """Every figure for ``runs`` into ``model_dir`` as <name>.png and <name>.svg."""
+def write_figures(model_dir: str | Path, runs: list[dict[str, Any]],
+                  sweeps: list[dict[str, Any]] | None = None) -> list[Path]:
+    """Every figure for ``runs`` (and the trade-off of runs + ``sweeps``) into ``model_dir``, PNG and SVG."""
     model_dir = Path(model_dir)
     written: list[Path] = []
     with matplotlib.rc_context(_RC):
         for name, make in FIGURES.items():
             written += save(make(runs), model_dir / name)
+        from olmp.reports import own_reference  # noqa: PLC0415
+
+        own = [r for r in runs + (sweeps or []) if own_reference(r)]
+        if own:
+            written += save(tradeoff_figure(own), model_dir / "tradeoff")
     return written
 
 
+def _own_paper_setting(rec: dict[str, Any]) -> bool:
+    from olmp.reports import own_reference  # noqa: PLC0415
+
+    return own_reference(rec) and rec.get("experiment", {}).get("search", {}).get("accuracy_on") != "validation"
+
+
 def write_report_figures(model_dir: str | Path) -> list[Path]:
-    """``olmp report``'s figures: the finished runs under ``model_dir`` (none: nothing written)."""
+    """``olmp report``'s figures: the finished runs under ``model_dir`` and its tradeoff/ sweeps."""
     from olmp import reports  # noqa: PLC0415
 
     runs = reports.load_runs(model_dir)
-    return write_figures(model_dir, runs) if runs else []
+    sweeps = reports.load_runs(Path(model_dir) / "tradeoff")
+    return write_figures(model_dir, runs, sweeps) if runs else []

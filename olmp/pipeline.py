@@ -21,10 +21,11 @@ continues a killed run to the same result as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.config import Experiment
 from olmp.errors import OlmpError
+from olmp.parallel import WorkerPool
 from olmp.policies import POLICIES
 from olmp.search import make_optimizer
 from olmp.thresholds import LayerStats, layer_stats, threshold
@@ -63,7 +65,7 @@ class Pipeline:
         sp.max_iter = exp.pipeline.niter + 1
         sp.snapshot_format = caffe_bridge.caffe_pb2().SolverParameter.BINARYPROTO
         sp.snapshot_prefix = str(self.out / checkpoint.SNAPSHOT / "snap")
-        self.net_param = sp.net_param
+        self.net_param = self._eval_net_param = sp.net_param
         caffe_bridge.set_random_seed(exp.seed)
         self.solver = caffe_bridge.make_solver(sp, source=exp.solver)
         self.net = self.solver.net
@@ -85,12 +87,17 @@ class Pipeline:
         policy_class = POLICIES[exp.method]
         self.layers = MaskedLayers(self.net, exp.layers, straight_through=policy_class.straight_through)
         self.layers.attach(self.solver)
+        pb = caffe_bridge.caffe_pb2()
         if exp.method in ("dns", "deep-compression"):  # their sensitivity scan reads training images only
-            self.eval_net = self._validation_net(exp.baseline.validation_images)
+            self.eval_net, self.eval_param = self._validation_net(exp.baseline.validation_images), pb.TEST
         elif exp.search.accuracy_on == "validation":
-            self.eval_net = self._validation_net(exp.search.validation_images)
+            self.eval_net, self.eval_param = self._validation_net(exp.search.validation_images), pb.TEST
         else:
-            self.eval_net = self.net
+            self.eval_net, self.eval_param = self.net, pb.TRAIN
+        self.pool = None
+        if exp.method == "olmp" and exp.search.workers > 1:
+            self.pool = WorkerPool(exp.search.workers, self.eval_net, self._eval_net_param, self.eval_param,
+                                   exp.layers)
         self.rng = np.random.default_rng(exp.seed)
         self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
         self.test_batches = 0
@@ -116,6 +123,7 @@ class Pipeline:
                 lay.data_param.source = train_data.data_param.source
                 lay.data_param.batch_size = images
                 lay.transform_param.CopyFrom(train_data.transform_param)
+        self._eval_net_param = param
         net = caffe_bridge.make_net(param, "test", source=self.exp.solver)
         net.share_with(self.net)
         # load the batch once, candidates never reload it. The whole net runs: the TEST net has split
@@ -173,12 +181,12 @@ class Pipeline:
         size_before = self.layers.size()
         trace = []
         best_margin = None
-        with evaluator.session():
+        with evaluator.session(), self._population_scorer(evaluator) as score:
             while not opt.stop():
                 xs = opt.ask()
                 if not xs:
                     break
-                evals = [evaluator(x) for x in xs]
+                evals = score(xs)
                 sizes = [e.size for e in evals]
                 if s.constraint == "penalty":
                     fit = [e.size if e.feasible else s.infeasible_fitness for e in evals]
@@ -216,6 +224,18 @@ class Pipeline:
             "trace": trace,
             "seconds": round(seconds, 3),
         }
+
+    @contextlib.contextmanager
+    def _population_scorer(self, evaluator: CandidateEvaluator) -> Iterator[Callable[[list], list]]:
+        """Score a population here, or across the worker pool (same scores, same order)."""
+        if self.pool is None:
+            yield lambda xs: [evaluator(x) for x in xs]
+            return
+        self.pool.start(evaluator)
+        try:
+            yield self.pool.map
+        finally:
+            self.pool.end()
 
     def layer_summary(self) -> dict[str, dict[str, int]]:
         return {n: {"total": self.layers.total(n), "remaining": self.layers.remaining(n)} for n in self.exp.layers}
@@ -257,6 +277,12 @@ class Pipeline:
             self.test_net.forward(end=self.test_net._layer_names[0])
         self.test_batches = state["test_batches"]
         return int(state["next_itr"])
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
@@ -346,4 +372,8 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
                 return rec
         if checkpoint.exists(out) and not resume:
             raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)
-        return Pipeline(exp, out, progress).run(resume=resume)
+        run = Pipeline(exp, out, progress)
+        try:
+            return run.run(resume=resume)
+        finally:
+            run.close()

@@ -1,4 +1,4 @@
-"""Figures from real run records: `olmp report` writes progress, convergence and layers as PNG and SVG."""
+"""Figures from real run records: `olmp report` writes progress, convergence, layers, methods, tradeoff (PNG, SVG)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from conftest import run_olmp
 from olmp import config, figures, pipeline
 from test_pipeline import small_experiment
 
-NAMES = ("progress", "convergence", "layers")
+NAMES = ("progress", "convergence", "layers", "methods", "tradeoff")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -48,7 +48,9 @@ def test_report_writes_the_figures(model_dir: Path) -> None:
         assert opt in svg["convergence"]
         assert f"{opt}-seed1" in svg["progress"] and f"{opt}-seed1" in svg["layers"]
     for layer in ("ip1", "ip2", "ip3"):
-        assert layer in svg["layers"]
+        assert layer in svg["layers"] and layer in svg["methods"]
+    for opt in ("ncs", "cmaes", "sampling"):  # one median run per method, every run in the trade-off
+        assert f"olmp-{opt}" in svg["methods"] and f"olmp-{opt}" in svg["tradeoff"]
     assert not list(model_dir.glob(".*.tmp"))  # no temporaries left by the atomic writes
     # regenerating from the same records gives the same bytes
     before = {p.name: p.read_bytes() for n in NAMES for p in model_dir.glob(f"{n}.*")}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_olmp
-from olmp import caffe_bridge, config, pipeline, prototxt, weights
+from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.errors import OlmpError
@@ -54,13 +54,16 @@ def small_experiment(tmp_path: Path, weights_path: Path, **kw: object) -> Path:
     return p
 
 
-def _solver_with_masks(model: Path):
-    sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
+PRUNABLE = {"lenet300100": ["ip1", "ip2", "ip3"], "lenet5": ["conv1", "conv2", "ip1", "ip2"]}
+
+
+def _solver_with_masks(model: Path, name: str = "lenet300100"):
+    sp = prototxt.read_solver(f"solvers/{name}_solver.prototxt")
     sp.random_seed = 1
     sp.test_interval = 2**31 - 1
     solver = caffe_bridge.make_solver(sp)
     weights.load_weights(solver.net, model)
-    layers = MaskedLayers(solver.net, ["ip1", "ip2", "ip3"])
+    layers = MaskedLayers(solver.net, PRUNABLE[name])
     layers.attach(solver)
     return solver, layers
 
@@ -134,6 +137,15 @@ def test_bad_experiment_values(tmp_path: Path, lenet300100_model: Path) -> None:
         with pytest.raises(OlmpError, match=needle) as info:
             config.load(p)
         assert name in str(info.value) and "\n" not in str(info.value)
+    good = tmp_path / "good.toml"
+    good.write_text(base)
+    exp = config.load(good, ["search.delta=0.03", "baseline.scale=2", "optimizer=cmaes"])
+    assert (exp.search.delta, exp.baseline.scale, exp.optimizer) == (0.03, 2.0, "cmaes")
+    assert "--set search.delta=0.03" in exp.source
+    for setting, needle in (("search.delta=-1", "delta"), ("search.delta", "KEY=VALUE"), ("search.nope=1", "unknown key"),
+                            ("a.b.c=1", "KEY=VALUE"), ("pipeline.niter=ten", "niter")):
+        with pytest.raises(OlmpError, match=needle):
+            config.load(good, [setting])
     unknown_layer = tmp_path / "layer.toml"
     unknown_layer.write_text(base.replace('"ip3"]', '"ip4"]'))
     r = run_olmp("prune", "--experiment", str(unknown_layer), "--out", str(tmp_path / "o"), "--quiet")
@@ -231,3 +243,49 @@ def test_validation_batch_estimate(tmp_path: Path, lenet300100_model: Path) -> N
     # the batch is scored against its real labels (the TEST net's split copy of them is filled)
     assert first["batch_accuracy"] > 0.8
     assert first["applied"] and first["accuracy_margin"] >= 0 and first["size"] <= first["size_before"]
+
+
+def test_partial_forward_scores_like_a_full_forward(lenet5_model: Path) -> None:
+    """Re-running only from the first changed layer (or not at all) must give the full forward's accuracy."""
+    solver, layers = _solver_with_masks(lenet5_model, "lenet5")
+    net = solver.net
+    solver.step(1)
+    stats = {n: layer_stats(net.params[n][0].data, net.params[n][1].data) for n in layers.names}
+    rng = np.random.default_rng(3)
+    selected = ["conv1", "conv2", "ip2"]
+    crates = [rng.uniform(0, 4, 3) for _ in range(12)]
+    crates += [crates[-1].copy(), np.array([crates[-1][0], crates[-1][1], 0.5]), np.array([9.0, 9.0, 9.0])] * 2
+    ev = CandidateEvaluator(net, layers, stats, selected, delta=0.05)
+    with ev.session():
+        fast = [ev(c).accuracy for c in crates]
+    assert ev.forwards < ev.evaluations  # repeated masks were not re-run
+    full = []
+    for c in crates:
+        new = ev.masks_for(c)
+        with layers.masked():
+            for n in selected:
+                for blob, w, m in zip(layers.data(n), layers.dense(n), new[n]):
+                    blob[...] = w * m
+            net.forward(start=net._layer_names[1])
+            logits, labels = evaluate.loss_inputs(net)
+            full.append(evaluate.batch_accuracy(net.blobs[logits].data, net.blobs[labels].data))
+    assert fast == full
+
+
+@pytest.mark.parametrize("accuracy_on", ["minibatch", "validation"])
+def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: Path, accuracy_on: str) -> None:
+    """A population scored by 1 or 3 processes: the same searches, masks and model, bit for bit."""
+    text = small_experiment(tmp_path, lenet300100_model, niter=121, prune_stop=120, budget=48).read_text()
+    if accuracy_on == "validation":  # the TEST-phase batch net (split layers, a different phase) in the workers
+        text = text.replace("delta = 0.08", 'delta = 0.02\naccuracy_on = "validation"\nvalidation_images = 300')
+    (tmp_path / "par.toml").write_text(text)
+    exp = config.load(tmp_path / "par.toml")
+    recs = {}
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        exp_w = config.check(exp.replace(search=exp.search.__class__(**{**vars(exp.search), "workers": workers})))
+        recs[workers] = _strip_times(pipeline.prune(exp_w, out, progress=False))
+        recs[workers]["experiment"]["search"].pop("workers")
+    assert sum(s["evaluations"] for s in recs[1]["searches"]) > 0
+    assert recs[1] == recs[3]
+    assert (tmp_path / "w1" / "pruned.caffemodel").read_bytes() == (tmp_path / "w3" / "pruned.caffemodel").read_bytes()

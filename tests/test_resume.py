@@ -173,3 +173,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, lenet300100_model
     exp.write_text(exp.read_text().replace("seed = 3", "seed = 4"))
     r = prune(exp, out)
     assert r.returncode == 2 and "other settings (seed)" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_resume_may_change_only_what_the_result_does_not_depend_on() -> None:
+    exp = {"name": "x", "source": "a.toml", "search": {"workers": 4, "delta": 0.1}, "layers": ("ip1",)}
+    assert checkpoint._settings(exp) == {"name": "x", "search.delta": 0.1, "layers": ["ip1"]}

@@ -1,0 +1,294 @@
+"""Speed benchmarks of issue 6, measured as ratios inside one run (the machine is shared and noisy).
+
+    python benchmarks/bench.py [--quick] [--models lenet5 lenet300100] [--pipeline] [--out results/benchmarks]
+
+(a) candidate evaluation: olmp.candidate.CandidateEvaluator (forward from the first selected layer,
+    masks of the selected layers only, from a precomputed |w|, in-place writes) against a naive
+    evaluation (every layer's |w| and mask rebuilt in fresh arrays, W*M written for every layer, the
+    whole net re-run after the data layer). Both score the same crates on the same minibatch, and must
+    agree exactly. Measured for every layer set a search can get (two or more layers) and combined
+    with the probability that the §3 schedule hands each set to a search (the "pipeline mix").
+(b) one masked SGD step of the pipeline (callbacks W*M / dense W, divergence check) against a plain
+    ``solver.step(1)`` on a second solver with the same net and weights, in alternating chunks.
+(c) the full pipeline: wall time split into SGD and search, from the finished paper-setting OLMP
+    runs under results/<model>/ (their record.json), and with ``--pipeline`` one fresh run of the
+    first model in a temporary folder.
+
+Writes ``<out>/latest.json`` and ``<out>/latest.md`` (atomically). Run it with
+OPENBLAS_NUM_THREADS=1, as the pipelines run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from olmp import atomic, caffe_bridge, config, evaluate, prototxt, reports, weights  # noqa: E402
+from olmp import masks as mask_rule  # noqa: E402
+from olmp.candidate import CandidateEvaluator  # noqa: E402
+from olmp.pipeline import Pipeline, selection_probability  # noqa: E402
+from olmp.thresholds import threshold  # noqa: E402
+
+EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
+
+
+# -- (a) candidate evaluation ---------------------------------------------------------------------
+def search_mix(pipe: Pipeline) -> dict[tuple[str, ...], float]:
+    """Expected number of searches that get each layer set, under the §3 selection schedule."""
+    exp = pipe.exp
+    mix: dict[tuple[str, ...], float] = {}
+    for itr in range(0, exp.pipeline.prune_stop_iter, exp.search.every):
+        p = {n: selection_probability(pipe.gamma(n), itr) for n in exp.layers}
+        for k in range(2, len(exp.layers) + 1):
+            for subset in itertools.combinations(exp.layers, k):
+                prob = 1.0
+                for n in exp.layers:
+                    prob *= p[n] if n in subset else 1.0 - p[n]
+                mix[subset] = mix.get(subset, 0.0) + prob
+    return mix
+
+
+def naive_accuracy(pipe: Pipeline, selected: tuple[str, ...], crates: np.ndarray) -> float:
+    """Every mask rebuilt from scratch, every blob rewritten, the whole net re-run after the data layer."""
+    lay, net = pipe.layers, pipe.net
+    chosen = dict(zip(selected, crates))
+    for n in lay.names:
+        for blob, w, m in zip(lay.data(n), lay.dense(n), lay.masks[n]):
+            new = mask_rule.update_mask(w, m, threshold(pipe.stats[n], float(chosen[n]))) if n in chosen else m.copy()
+            blob[...] = w * new
+    net.forward(start=net._layer_names[1])
+    logits, labels = evaluate.loss_inputs(net)
+    return evaluate.batch_accuracy(net.blobs[logits].data, net.blobs[labels].data)
+
+
+def time_evaluations(pipe: Pipeline, selected: tuple[str, ...], xs: np.ndarray) -> tuple[float, float, bool]:
+    """Seconds per evaluation (ours, naive) on the same candidates, and whether the accuracies agree."""
+    ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, list(selected), pipe.exp.search.delta)
+    order = list(pipe.net._layer_names)
+    ordered = tuple(sorted(selected, key=order.index))
+    with ev.session():
+        t0 = time.perf_counter()
+        ours = [ev(x).accuracy for x in xs]
+        t_ours = (time.perf_counter() - t0) / len(xs)
+    with pipe.layers.masked():
+        t0 = time.perf_counter()
+        naive = [naive_accuracy(pipe, ordered, x) for x in xs]
+        t_naive = (time.perf_counter() - t0) / len(xs)
+    return t_ours, t_naive, ours == naive
+
+
+def bench_evaluation(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Generator) -> dict[str, Any]:
+    mix = search_mix(pipe)
+    lo, hi = pipe.exp.search.bounds
+    per_set = {}
+    agree = True
+    for subset in mix:
+        ours, naive = [], []
+        for _ in range(repeats):
+            # crates around where searches look (the start plus sigma-scale steps), within the bounds
+            xs = np.clip(rng.normal(2.0, 2.0, size=(evals, len(subset))), lo, hi)
+            o, nv, ok = time_evaluations(pipe, subset, xs)
+            ours.append(o)
+            naive.append(nv)
+            agree &= ok
+        per_set["+".join(subset)] = {"searches_expected": round(mix[subset], 3),
+                                     "ours_ms": 1e3 * statistics.median(ours),
+                                     "naive_ms": 1e3 * statistics.median(naive),
+                                     "speedup": statistics.median(naive) / statistics.median(ours)}
+    weight = sum(mix.values())
+    ours_mix = sum(mix[s] * per_set["+".join(s)]["ours_ms"] for s in mix) / weight
+    naive_mix = sum(mix[s] * per_set["+".join(s)]["naive_ms"] for s in mix) / weight
+    return {"eval_speedup": naive_mix / ours_mix, "evals_per_second": 1e3 / ours_mix,
+            "naive_evals_per_second": 1e3 / naive_mix, "accuracies_agree": agree,
+            "searches_expected": round(weight, 2), "per_layer_set": per_set}
+
+
+def bench_workers(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Generator, workers: int = 2
+                  ) -> dict[str, Any]:
+    """Populations of the experiment's size scored here against across ``workers`` processes (all layers)."""
+    from olmp.parallel import WorkerPool  # noqa: PLC0415
+
+    selected = list(pipe.exp.layers)
+    pop = pipe.exp.search.population
+    lo, hi = pipe.exp.search.bounds
+    pool = WorkerPool(workers, pipe.eval_net, pipe._eval_net_param, pipe.eval_param, selected)
+    one, many = [], []
+    try:
+        for _ in range(repeats):
+            xs = list(np.clip(rng.normal(2.0, 2.0, size=(max(evals, pop), len(selected))), lo, hi))
+            gens = [xs[i:i + pop] for i in range(0, len(xs), pop)]
+            ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, selected, pipe.exp.search.delta)
+            with ev.session():
+                t0 = time.perf_counter()
+                local = [ev(x) for g in gens for x in g]
+                one.append(time.perf_counter() - t0)
+                pool.start(ev)
+                t0 = time.perf_counter()
+                spread = [e for g in gens for e in pool.map(g)]
+                many.append(time.perf_counter() - t0)
+                pool.end()
+            assert local == spread, "workers scored differently"
+    finally:
+        pool.close()
+    return {f"parallel_speedup_{workers}_workers": statistics.median(one) / statistics.median(many)}
+
+
+# -- (b) masked SGD step --------------------------------------------------------------------------
+def plain_solver(pipe: Pipeline) -> Any:
+    sp = prototxt.read_solver(pipe.exp.solver)
+    sp.random_seed = pipe.exp.seed
+    sp.test_interval = 2**31 - 1
+    sp.test_initialization = False
+    sp.display = 0
+    sp.snapshot = 0
+    solver = caffe_bridge.make_solver(sp)
+    weights.load_weights(solver.net, prototxt.resolve_path(pipe.exp.weights))
+    return solver
+
+
+def bench_step(pipe: Pipeline, chunk: int, repeats: int) -> dict[str, Any]:
+    plain = plain_solver(pipe)
+    plain.step(chunk)  # warm both up
+    for _ in range(chunk):
+        pipe.sgd_step(0)
+    t_plain, t_masked = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        plain.step(chunk)
+        t_plain.append((time.perf_counter() - t0) / chunk)
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            pipe.sgd_step(0)
+        t_masked.append((time.perf_counter() - t0) / chunk)
+    return {"plain_step_ms": 1e3 * statistics.median(t_plain), "masked_step_ms": 1e3 * statistics.median(t_masked),
+            "masked_step_ratio": statistics.median(t_masked) / statistics.median(t_plain)}
+
+
+# -- (c) the pipeline ---------------------------------------------------------------------------
+def pipeline_from_records(model: str) -> dict[str, Any]:
+    """Medians over the finished paper-setting OLMP runs of this model (minibatch estimate, own reference)."""
+    runs = [r for r in reports.load_runs(REPO / "results" / model)
+            if r.get("method", "olmp") == "olmp" and reports.own_reference(r)
+            and r["experiment"]["search"]["accuracy_on"] == "minibatch"]
+    if not runs:
+        return {}
+    wall = [r["seconds"].get("wall", r["seconds"]["this_session_wall"]) for r in runs]
+    sgd = [r["seconds"]["sgd"] for r in runs]
+    search = [r["seconds"]["search"] for r in runs]
+    return {"pipeline_seconds": statistics.median(wall), "sgd_seconds": statistics.median(sgd),
+            "search_seconds": statistics.median(search),
+            "search_fraction": statistics.median(s / w for s, w in zip(search, wall)),
+            "pipeline_runs": [str(r["_dir"].relative_to(REPO)) for r in runs]}
+
+
+def pipeline_fresh(exp: config.Experiment) -> dict[str, Any]:
+    from olmp import pipeline  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = pipeline.prune(exp, Path(tmp) / "run", progress=True)
+    s = rec["seconds"]
+    return {"pipeline_seconds": s["wall"], "sgd_seconds": s["sgd"], "search_seconds": s["search"],
+            "search_fraction": s["search"] / s["wall"], "ratio": rec["final"]["ratio"],
+            "test_accuracy": rec["final"]["test"]["accuracy"]}
+
+
+# -- the report ---------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "load_average": os.getloadavg(),
+            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"), "python": platform.python_version(),
+            "numpy": np.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# Benchmarks (issue 6)", "",
+             f"Made by `{result['command']}` on {result['machine']['cpu']} "
+             f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
+             f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
+             "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", "",
+             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | 2 workers | masked/plain SGD step | "
+             "plain step ms | plain steps x niter s | pipeline s | search fraction | pipeline source |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, r in result.items():
+        if model in ("machine", "command"):
+            continue
+        lines.append(f"| {model} | {r['eval_speedup']:.2f}x | {r['evals_per_second']:.0f} | "
+                     f"{r['naive_evals_per_second']:.0f} | {r['parallel_speedup_2_workers']:.2f}x | "
+                     f"{r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | {r['sgd_floor_seconds']:.0f} | "
+                     f"{r.get('pipeline_seconds', float('nan')):.0f} | {r.get('search_fraction', float('nan')):.3f} | "
+                     f"{r.get('pipeline_source', '-')} |")
+    for model, r in result.items():
+        if model in ("machine", "command"):
+            continue
+        lines += ["", f"## {model}: evaluation per layer set", "",
+                  "| layers | searches expected | ours ms | naive ms | speedup |", "|---|---|---|---|---|"]
+        for name, s in r["per_layer_set"].items():
+            lines.append(f"| {name} | {s['searches_expected']:.2f} | {s['ours_ms']:.2f} | {s['naive_ms']:.2f} | "
+                         f"{s['speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    ap.add_argument("--quick", action="store_true", help="few repeats (CI smoke); the figures are rough")
+    ap.add_argument("--pipeline", action="store_true", help="also run one full fresh pipeline of the first model")
+    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    evals, repeats, chunk = (10, 1, 5) if args.quick else (60, 3, 30)
+    rng = np.random.default_rng(args.seed)
+    result: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/bench.py " + " ".join(argv or sys.argv[1:])}
+    for i, model in enumerate(args.models):
+        exp = config.load(REPO / EXPERIMENTS[model])
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe = Pipeline(exp, Path(tmp), progress=False)
+            pipe.sgd_step(-1)  # a minibatch in the blobs, masks from the initial crates as at the first search
+            for n in exp.layers:
+                pipe.layers.update(n, threshold(pipe.stats[n], pipe.crates[n]))
+            print(f"[bench] {model}: candidate evaluation", file=sys.stderr)
+            r = bench_evaluation(pipe, evals, repeats, rng)
+            print(f"[bench] {model}: worker processes", file=sys.stderr)
+            r.update(bench_workers(pipe, evals, repeats, rng))
+            print(f"[bench] {model}: SGD step", file=sys.stderr)
+            r.update(bench_step(pipe, chunk, repeats * 3))
+            r["sgd_floor_seconds"] = r["plain_step_ms"] * exp.pipeline.niter / 1e3  # plain steps alone
+        recorded = pipeline_from_records(model)
+        if recorded:
+            r.update(recorded, pipeline_source="run records (median)")
+        if args.pipeline and i == 0:
+            print(f"[bench] {model}: one full pipeline", file=sys.stderr)
+            r.update(pipeline_fresh(exp), pipeline_source="fresh run in this benchmark")
+        result[model] = r
+        print(f"[bench] {model}: eval speedup {r['eval_speedup']:.2f}x, masked step x{r['masked_step_ratio']:.3f}",
+              file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "quick" if args.quick else "latest"
+    atomic.write_json(out / f"{name}.json", result)
+    atomic.write_text(out / f"{name}.md", markdown(result))
+    print(json.dumps({m: ({k: v for k, v in r.items() if k != "per_layer_set"} if isinstance(r, dict) else r)
+                      for m, r in result.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

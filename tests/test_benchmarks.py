@@ -1,0 +1,22 @@
+"""The benchmark script's quick mode on real LeNet-300-100 (the figures themselves are not judged here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_quick_benchmark_writes_its_report(tmp_path: Path, mnist_dir: Path) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--models", "lenet300100", "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "quick.json").read_text())["lenet300100"]
+    assert res["accuracies_agree"]  # the fast evaluation scores exactly like the naive one
+    for key in ("eval_speedup", "masked_step_ratio", "parallel_speedup_2_workers", "plain_step_ms"):
+        assert res[key] > 0
+    assert set(res["per_layer_set"]) == {"ip1+ip2", "ip1+ip3", "ip2+ip3", "ip1+ip2+ip3"}
+    assert "| lenet300100 |" in (tmp_path / "quick.md").read_text()
