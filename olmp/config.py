@@ -191,6 +191,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
             fail(f"{name} must be >= {lo}, got {v}")
     if p.niter >= INT_MAX:
         fail(f"pipeline.niter must be < {INT_MAX}, got {p.niter}")
+    if s.workers > s.population:
+        fail(f"search.workers ({s.workers}) must be <= search.population ({s.population}): no more than one each")
     if s.budget < s.population:
         fail(f"search.budget ({s.budget}) must be >= search.population ({s.population}): one generation at least")
     if exp.method == "olmp" and not s.bounds[0] <= p.initial_crate <= s.bounds[1]:

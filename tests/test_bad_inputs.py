@@ -367,6 +367,10 @@ def _misc_cases(d: Path) -> list[Case]:
         Case("m_weights_flag.caffemodel", ["prune", "--experiment", str(exp), "--weights",
                                            str(_write(d, "m_weights_flag.caffemodel", b"\x0a\x01")), "--out",
                                            str(d / "m_run_w"), "--quiet"]),
+        Case("m_exp.toml", ["prune", "--experiment", str(exp), "--set", "nonsense", "--out", str(d / "m_r1")]),
+        Case("m_exp.toml", ["prune", "--experiment", str(exp), "--set", "search.delta=nan", "--out", str(d / "m_r2")]),
+        Case("m_exp.toml", ["prune", "--experiment", str(exp), "--set", "search.workers=1000", "--out",
+                            str(d / "m_r3")]),
         Case("seed must be", ["prune", "--experiment", str(exp), "--seed", "-3", "--out", str(d / "m_run_s"), "--quiet"]),
     ]
 
