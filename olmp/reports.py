@@ -18,8 +18,6 @@ RECORD_KEYS = ("experiment", "reference", "final", "seconds")  # what the tables
 
 def load_runs(model_dir: str | Path) -> list[dict[str, Any]]:
     """Finished runs under ``model_dir`` (one folder per run), sorted by folder name."""
-    if not Path(model_dir).is_dir():
-        raise OlmpError("results folder not found", model_dir)
     runs = []
     for rec_path in sorted(Path(model_dir).glob("*/record.json")):
         try:
@@ -103,6 +101,8 @@ def _fmt(v: Any) -> str:
 def write_runs_table(model_dir: str | Path) -> dict[str, Any]:
     """results/<model>/runs.csv and runs.md: every run, then median and best per optimizer."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise OlmpError("results folder not found", model_dir)
     runs = load_runs(model_dir)
     rows = [run_row(r) for r in runs]
     cols = list(dict.fromkeys(k for r in rows for k in r))
