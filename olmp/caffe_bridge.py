@@ -2,8 +2,11 @@
 
 Caffe's glog output floods a terminal, so its level is fixed before the first
 import; ``set_verbose`` must therefore be called before anything touches caffe.
-Nets and solvers are built in a forked child first, so that a net Caffe
-CHECK-fails on becomes a one-line error instead of an abort.
+The first net or solver of a process is built in a forked child first, so that a
+net Caffe CHECK-fails on becomes a one-line error instead of an abort. Later ones
+are not: by then Caffe's data-prefetch threads run, and a forked child can block on
+a lock one of them held. Later nets are derived from the first (the pipeline's
+validation net), or built in fresh worker processes, whose first build is probed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from types import ModuleType
 from typing import Callable
 
 _caffe: ModuleType | None = None
-PROBE_SECONDS = 120.0  # a probe child taking longer is given up on (see probe)
+PROBE_SECONDS = 60.0  # a probe child taking longer is given up on (see probe)
+_built = False  # whether this process has built a Caffe net (and so may run Caffe's threads)
 
 
 def set_verbose(verbose: bool) -> None:
@@ -65,7 +69,7 @@ def _fatal_line(log: str) -> str:
 
 
 def probe(build: Callable[[], object], where: str) -> None:
-    """Build once in a forked child first.
+    """Build once in a forked child first (only safe while Caffe runs no threads: see above).
 
     Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
     the abort only ends the child, and its glog line becomes a one-line OlmpError here.
@@ -104,10 +108,13 @@ def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN
     """pycaffe only takes file names: hand it a resolved copy (probed first), then remove it."""
     from google.protobuf import text_format  # noqa: PLC0415
 
+    global _built
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="olmp-", delete=True) as fh:
         fh.write(text_format.MessageToString(message))
         fh.flush()
-        probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
+        if not _built:
+            probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
+        _built = True
         return build(fh.name)
 
 

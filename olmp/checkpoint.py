@@ -114,6 +114,15 @@ def _settings(experiment: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _check_history(ss: Any, solver: Any, path: Path) -> None:
+    """Caffe aborts (or overruns memory) on a solver history that does not fit the net: check first."""
+    sizes = [b.data.size for blobs in solver.net.params.values() for b in blobs]
+    got = [int(np.prod(h.shape.dim)) if h.HasField("shape") else h.num * h.channels * h.height * h.width
+           for h in ss.history]
+    if not sizes or len(got) % len(sizes) or got != sizes * (len(got) // len(sizes)):
+        raise OlmpError("solver history does not fit the net; remove the checkpoint to start again", path)
+
+
 def load(
     out: Path, solver: Any, experiment: dict[str, Any] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -139,11 +148,11 @@ def load(
         if changed:
             raise OlmpError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
                             "same experiment and options, or choose another --out", out)
+    _check_history(ss, solver, ck / "solver.solverstate")
     ss.ClearField("learned_net")  # weights are loaded below, through our checked loader
     with tempfile.NamedTemporaryFile(suffix=".solverstate", delete=True) as fh:
         fh.write(ss.SerializeToString())
         fh.flush()
-        caffe_bridge.probe(lambda: solver.restore(fh.name), str(ck / "solver.solverstate"))
         solver.restore(fh.name)
     weights.load_weights(solver.net, ck / "weights.caffemodel")
     return mask_state, state
