@@ -2,15 +2,18 @@
 
 Every case must end with exit status 2 and one stderr line ``olmp: error: FILE: problem``
 naming the bad file: never a Caffe abort or segfault (negative status), a traceback or a
-hang. The corpus is generated here from the repository's own good files, so it follows
-them. All cases run through the CLI, a few at a time (each pays the pycaffe import);
-hypothesis adds random byte mutations, fed to the in-process checkers only (never to
-Caffe, whose CHECK failures would kill pytest).
+hang. The corpus (128 cases: net and solver prototxts, caffemodels, experiment files and
+--set overrides, MNIST folders, run records, checkpoints and outputs) is generated here from
+the repository's own good files. All cases run through the CLI, a few at a time (most pay the
+pycaffe import: about a minute in all on two cores). Hypothesis adds random byte mutations,
+fed to the in-process checkers only (never to Caffe, whose CHECK failures would kill pytest).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import math
 import os
 import struct
 import subprocess
@@ -171,7 +174,7 @@ def _weights_cases(d: Path) -> list[Case]:
         "w_empty.caffemodel": b"",
         "w_truncated_third.caffemodel": good[: len(good) // 3],
         "w_truncated_one_byte.caffemodel": good[:-1],
-        "w_random.caffemodel": os.urandom(0) + bytes((i * 7919 + 13) % 256 for i in range(4096)),
+        "w_random.caffemodel": bytes((i * 7919 + 13) % 256 for i in range(4096)),
         "w_text_garbage.caffemodel": b"\xff\xfe not a protobuf " * 10,
         "w_renamed.caffemodel": edit(renamed),
         "w_reshaped.caffemodel": edit(dims("ip3", 0, [5, 200])),
@@ -191,7 +194,8 @@ def _weights_cases(d: Path) -> list[Case]:
     }
     cases = [Case(n, ["evaluate", "--net", str(NET), "--weights", str(_write(d, n, b))]) for n, b in bodies.items()]
     cases += [
-        Case("w_inspect_truncated.caffemodel", ["inspect", str(_write(d, "w_inspect_truncated.caffemodel", good[:999]))]),
+        Case("w_inspect_truncated.caffemodel", ["inspect", str(_write(d, "w_inspect_truncated.caffemodel",
+                                                                      good[:999]))]),
         Case("w_inspect_zero.caffemodel", ["inspect", str(_write(d, "w_inspect_zero.caffemodel", edit(zero_blob)))]),
         Case("w_convert_nan.caffemodel", ["convert", str(_write(d, "w_convert_nan.caffemodel",
                                                                 edit(setval("ip2", 0, float("nan"))))),
@@ -371,7 +375,8 @@ def _misc_cases(d: Path) -> list[Case]:
         Case("m_exp.toml", ["prune", "--experiment", str(exp), "--set", "search.delta=nan", "--out", str(d / "m_r2")]),
         Case("m_exp.toml", ["prune", "--experiment", str(exp), "--set", "search.workers=1000", "--out",
                             str(d / "m_r3")]),
-        Case("seed must be", ["prune", "--experiment", str(exp), "--seed", "-3", "--out", str(d / "m_run_s"), "--quiet"]),
+        Case("seed must be", ["prune", "--experiment", str(exp), "--seed", "-3", "--out", str(d / "m_run_s"),
+                              "--quiet"]),
     ]
 
 
@@ -427,7 +432,7 @@ def _tiny_caffemodel() -> bytes:
         for shape in shapes:
             blob = lay.blobs.add()
             blob.shape.dim[:] = list(shape)
-            blob.data[:] = [0.5 * i for i in range(int(__import__("math").prod(shape)))]
+            blob.data[:] = [0.5 * i for i in range(math.prod(shape))]
     return m.SerializeToString()
 
 
@@ -449,14 +454,9 @@ def mutations(draw: st.DrawFn, good: bytes) -> bytes:
     return bytes(data)
 
 
-TINY = None
-
-
+@functools.cache
 def _tiny() -> bytes:
-    global TINY
-    if TINY is None:
-        TINY = _tiny_caffemodel()
-    return TINY
+    return _tiny_caffemodel()
 
 
 @MUTATE
