@@ -195,7 +195,7 @@ def test_one_olmp_search_then_inspect_and_evaluate(reference: dict, small_solver
                      f'net = "{small_solver.parent / "train_val.prototxt"}"')
             .replace('weights = "results/references/caffenet_caltech256/model.caffemodel"',
                      f'weights = "{reference["model"]}"'))
-    for old, new in (("niter = 15001", "niter = 3"), ("prune_stop_iter = 10000", "prune_stop_iter = 2"),
+    for old, new in (("niter = 15001", "niter = 2"), ("prune_stop_iter = 10000", "prune_stop_iter = 1"),
                      ("record_every = 500", "record_every = 2"), ("every = 250", "every = 2"),
                      ("population = 8", "population = 4"), ("budget = 1600", "budget = 8")):
         assert old in base
