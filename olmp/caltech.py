@@ -71,7 +71,7 @@ def _scan(source: Path) -> tuple[list[tuple[str, list[Path]]], list[str]]:
     if not source.is_dir():
         raise OlmpError(f"--from folder does not exist. {HOW_TO_GET}", source)
     classes, ignored = [], []
-    for folder in sorted(p for p in source.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = []
         for f in sorted(folder.iterdir()):
             if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
