@@ -42,8 +42,9 @@ _LMDB_MAP_SIZE = 1 << 36  # address space only; the full train split is about 3 
 
 HOW_TO_GET = (
     "Caltech-256 is not downloaded by olmp (no package registry carries it). Get "
-    "256_ObjectCategories.tar (about 1.2 GB; Griffin, Holub and Perona 2007) from the Caltech DATA "
-    "repository, https://data.caltech.edu/records/nyy15-4j048, unpack it and run "
+    "256_ObjectCategories.tar (1.2 GB, md5 67b4f42ca05d46448c6bb8ecd2220f6d; Griffin, Holub and "
+    "Perona 2007) from the Caltech DATA repository, https://data.caltech.edu/records/nyy15-4j048, "
+    "unpack it and run "
     "`olmp data caltech256 --from PATH/256_ObjectCategories`"
 )
 

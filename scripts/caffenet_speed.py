@@ -103,7 +103,8 @@ def main() -> int:
     device = "cpu" if args.gpu is None else f"gpu{args.gpu}"
     res = {
         "command": "OPENBLAS_NUM_THREADS={} .venv/bin/python {}".format(
-            os.environ.get("OPENBLAS_NUM_THREADS", "(unset)"), shlex.join(["scripts/caffenet_speed.py", *sys.argv[1:]])),
+            os.environ.get("OPENBLAS_NUM_THREADS", "(unset)"),
+            shlex.join(["scripts/caffenet_speed.py", *sys.argv[1:]])),
         "device": device,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2),
@@ -126,7 +127,8 @@ def main() -> int:
             "hours_full_run_at_most": round((p.niter * step + max_searches * s.budget * fwd) / 3600, 1),
         },
     }
-    out = Path(args.out) if args.out else paths.RESULTS_DIR / "caffenet_caltech256" / f"{'cpu' if args.gpu is None else 'gpu'}_speed.json"
+    default = paths.RESULTS_DIR / "caffenet_caltech256" / f"{'cpu' if args.gpu is None else 'gpu'}_speed.json"
+    out = Path(args.out) if args.out else default
     atomic.write_json(out, res)
     print(f"{device}: {step:.2f} s per SGD step at batch {batch}, {fwd:.2f} s per candidate evaluation; "
           f"~{1000 * step / 3600:.1f} h per 1,000 iterations (extrapolated); wrote {out}")
