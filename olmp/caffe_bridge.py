@@ -7,21 +7,27 @@ net Caffe CHECK-fails on becomes a one-line error instead of an abort. Later one
 are not: by then Caffe's data-prefetch threads run, and a forked child can block on
 a lock one of them held. Later nets are derived from the first (the pipeline's
 validation net), or built in fresh worker processes, whose first build is probed.
+On the GPU (``--gpu``) nothing is probed: a forked child cannot use CUDA.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 _caffe: ModuleType | None = None
 PROBE_SECONDS = 60.0  # a probe child taking longer is given up on (see probe)
 _built = False  # whether this process has built a Caffe net (and so may run Caffe's threads)
+_gpu: int | None = None  # None: CPU (the default); else the CUDA device every net runs on
+# a CUDA build of _caffe.so links the CUDA runtime (shared or static); a CPU_ONLY one never names it
+_CUDA_MARKERS = (b"libcudart", b"cudaGetDeviceCount")
 
 
 def set_verbose(verbose: bool) -> None:
@@ -32,7 +38,7 @@ def set_verbose(verbose: bool) -> None:
 
 
 def caffe() -> ModuleType:
-    """Import pycaffe on first use, CPU mode."""
+    """Import pycaffe on first use, in CPU mode unless ``use_gpu`` chose a device."""
     global _caffe
     if _caffe is None:
         os.environ.setdefault("GLOG_minloglevel", os.environ.get("OLMP_GLOG_MINLOGLEVEL", "2"))
@@ -45,6 +51,69 @@ def caffe() -> ModuleType:
         _c.set_mode_cpu()
         _caffe = _c
     return _caffe
+
+
+def library_path() -> Path:
+    """The compiled pycaffe extension (``caffe/_caffe.so``) in use."""
+    return Path(caffe()._caffe.__file__)
+
+
+def has_cuda() -> bool:
+    """True for a pycaffe built with CUDA (OLMP_CAFFE_VARIANT=cuda), False for CPU_ONLY.
+
+    Caffe's CPU_ONLY build aborts the whole process (LOG(FATAL), no exception) on any GPU
+    call, so the build is inspected instead of asked.
+    """
+    data = library_path().read_bytes()
+    return any(m in data for m in _CUDA_MARKERS)
+
+
+def _cuda_device_count() -> int | None:
+    """Devices the CUDA runtime sees, or None when it cannot be asked (then Caffe checks)."""
+    try:
+        rt = ctypes.CDLL("libcudart.so")
+    except OSError:
+        return None
+    count = ctypes.c_int(0)
+    return count.value if rt.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+
+
+def gpu_device() -> int | None:
+    """The CUDA device nets run on, or None on the CPU."""
+    return _gpu
+
+
+def use_gpu(device: int | None) -> None:
+    """``--gpu N``: run every net on CUDA device N; None keeps the CPU (the default).
+
+    Caffe's mode is per thread; the solver, its data prefetch threads and every net
+    olmp makes run from the thread that called this.
+    """
+    global _gpu
+    if device is None:
+        return
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    if device < 0:
+        raise OlmpError(f"--gpu must be a device number >= 0, got {device}")
+    c = caffe()
+    if not has_cuda():
+        raise OlmpError(
+            f"--gpu {device}: this pycaffe is a CPU_ONLY build; run without --gpu, or on a CUDA machine "
+            "rebuild with `OLMP_CAFFE_VARIANT=cuda make setup` (see docker/README.md)",
+            library_path(),
+        )
+    count = _cuda_device_count()
+    if count is not None and device >= count:
+        raise OlmpError(f"--gpu {device}: the CUDA runtime sees {count} device(s)")
+    c.set_mode_gpu()
+    c.set_device(device)
+    _gpu = device
+
+
+def gpu_device() -> int | None:
+    """The CUDA device in use, or None on the CPU (recorded with timings)."""
+    return _gpu
 
 
 def caffe_pb2() -> ModuleType:
@@ -112,7 +181,7 @@ def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN
     with tempfile.NamedTemporaryFile("w", suffix=".prototxt", prefix="olmp-", delete=True) as fh:
         fh.write(text_format.MessageToString(message))
         fh.flush()
-        if not _built:
+        if not _built and _gpu is None:  # CUDA does not survive a fork: no probe on the GPU
             probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
         _built = True
         return build(fh.name)

@@ -20,12 +20,28 @@ def _print_json(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     print(json.dumps(obj))
 
 
-def cmd_data(args: argparse.Namespace) -> int:
-    from olmp import mnist
+def _human_caltech(r: dict[str, Any]) -> str:
+    c = r["counts"]
+    line = (f"Caltech-256 {'written to' if r['rebuilt'] else 'already up to date in'} {r['dir']}: "
+            f"train {c['train']}, val {c['val']}, test {c['test']} images of {r['classes']} classes; "
+            f"{r['corrupt']} unreadable image(s) skipped (listed in split.json)")
+    if r["classes"] != 257:
+        line += f"; note: {r['classes']} classes, not Caltech-256's 257 (the net keeps its 257 outputs)"
+    return line
 
+
+def cmd_data(args: argparse.Namespace) -> int:
     if args.dataset == "mnist":
+        from olmp import mnist
+
         info = mnist.prepare_mnist(source=args.source, progress=not args.quiet)
         print(f"MNIST ready in {info['dir']}")
+        return 0
+    if args.dataset == "caltech256":
+        from olmp import caltech
+
+        info = caltech.prepare_caltech256(args.source, seed=args.seed, progress=not args.quiet)
+        _print_json(info, True, _human_caltech)
         return 0
     raise OlmpError(f"unknown dataset '{args.dataset}'")
 
@@ -130,14 +146,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_option(parser: argparse.ArgumentParser) -> None:
+    """Every verb that runs a net can run it on a GPU; the CPU stays the default."""
+    parser.add_argument("--gpu", type=int, metavar="N", help="run on CUDA device N (needs a CUDA pycaffe build)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="olmp", description=__doc__.splitlines()[0])
     p.add_argument("--verbose", action="store_true", help="show Caffe's own log")
     sub = p.add_subparsers(dest="verb", required=True)
 
     d = sub.add_parser("data", help="fetch and convert a data set")
-    d.add_argument("dataset", choices=["mnist"])
-    d.add_argument("--from", dest="source", help="folder with the canonical files (.gz or raw)")
+    d.add_argument("dataset", choices=["mnist", "caltech256"])
+    d.add_argument("--from", dest="source", help="mnist: folder with the canonical files (.gz or raw); "
+                   "caltech256: the unpacked 256_ObjectCategories folder (required)")
+    d.add_argument("--seed", type=int, default=1, help="caltech256: seed of the train/val/test split")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_data)
 
@@ -147,12 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--quiet", action="store_true")
+    _gpu_option(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy and loss on the whole test set")
     e.add_argument("--net", required=True)
     e.add_argument("--weights", required=True)
     e.add_argument("--json", action="store_true")
+    _gpu_option(e)
     e.set_defaults(func=cmd_evaluate)
 
     i = sub.add_parser("inspect", help="per-layer total and remaining parameters")
@@ -184,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="change one setting of the experiment (repeatable), e.g. search.delta=0.04")
     r.add_argument("--quiet", action="store_true")
+    _gpu_option(r)
     r.set_defaults(func=cmd_prune)
 
     rp = sub.add_parser("report", help="regenerate tables and figures from run records (results/<model>)")
@@ -203,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     caffe_bridge.set_verbose(args.verbose)
     try:
+        caffe_bridge.use_gpu(getattr(args, "gpu", None))
         return args.func(args)
     except OlmpError as exc:
         print(f"olmp: error: {exc}", file=sys.stderr)

@@ -96,6 +96,8 @@ class Pipeline:
             self.eval_net, self.eval_param = self.net, pb.TRAIN
         self.pool = None
         if exp.method == "olmp" and exp.search.workers > 1:
+            if caffe_bridge.gpu_device() is not None:
+                raise OlmpError("search.workers > 1 runs CPU worker processes; use 1 with --gpu", exp.source)
             self.pool = WorkerPool(exp.search.workers, self.eval_net, self._eval_net_param, self.eval_param,
                                    exp.layers)
         self.rng = np.random.default_rng(exp.seed)

@@ -168,12 +168,16 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
                 src = resolve_path(param.source)
                 param.source = str(src)
                 if check_sources and not src.exists():
-                    hint = " (run `olmp data mnist`)" if "mnist" in src.name else ""
-                    raise OlmpError(f"layer '{layer.name}' data source {src} does not exist{hint}", path)
+                    raise OlmpError(f"layer '{layer.name}' data source {src} does not exist{_data_hint(src)}", path)
                 if check_sources and field == "data_param":
                     _check_lmdb(layer, src, path)
             if layer.HasField(field) and getattr(layer, field).batch_size <= 0:
                 raise OlmpError(f"layer '{layer.name}' has batch_size {getattr(layer, field).batch_size}", path)
+        if layer.HasField("transform_param") and layer.transform_param.mean_file:
+            mean = resolve_path(layer.transform_param.mean_file)
+            layer.transform_param.mean_file = str(mean)
+            if check_sources and not mean.is_file():
+                raise OlmpError(f"layer '{layer.name}' mean file {mean} does not exist{_data_hint(mean)}", path)
         if layer.type in PRUNABLE_TYPES:
             n_out = (layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param).num_output
             if n_out <= 0:
@@ -193,6 +197,14 @@ def _check_lmdb(layer: Any, src: Path, path: str | Path) -> None:
         raise OlmpError(f"layer '{layer.name}' data source {src} is not a readable LMDB ({exc})", path) from None
     if entries == 0:
         raise OlmpError(f"layer '{layer.name}' data source {src} is an empty LMDB", path)
+
+
+def _data_hint(path: Path) -> str:
+    """Which ``olmp data`` command makes a missing input."""
+    for dataset in ("mnist", "caltech256"):
+        if any(dataset in part for part in path.parts[-2:]):
+            return f" (run `olmp data {dataset}`)"
+    return ""
 
 
 def prunable_layer_names(net: Any) -> list[str]:

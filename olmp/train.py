@@ -73,6 +73,7 @@ def train(
                       if solver_path.is_relative_to(prototxt.resolve_path(".")) else solver_path),
         "iters": iters,
         "seed": seed,
+        "device": "cpu" if caffe_bridge.gpu_device() is None else f"gpu{caffe_bridge.gpu_device()}",
         "train_seconds": round(seconds, 2),
         "test": test,
         "loss_curve": curve,

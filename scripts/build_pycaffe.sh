@@ -8,8 +8,11 @@
 # Environment:
 #   OLMP_CACHE_DIR        cache root (default ~/.cache/olmp)
 #   OLMP_CAFFE_VARIANT    cpu (default) | cuda   -- cuda: CPU_ONLY=OFF, USE_CUDNN=OFF; its cache
-#                         entry is separate. The upstream CMake never compiles .cu files, so a
-#                         CUDA build is not expected to work yet (see README, "GPU").
+#                         entry is separate. NOT WORKING YET: patch 0001 makes the fork's hard-coded
+#                         CPU_ONLY conditional, but nothing includes cmake/Cuda.cmake (CUDA is never
+#                         found or linked) and the pycaffe target compiles none of the .cu files; the
+#                         cuda variant therefore stops right after patching with that message instead
+#                         of failing deep in the compile (see docker/README.md, "GPU state").
 #   OLMP_BUILD_JOBS       parallel compile jobs (default: nproc)
 set -euo pipefail
 
@@ -79,6 +82,11 @@ for p in "$PATCH_DIR"/*.patch; do
   say "patch $(basename "$p")"
   patch -s -p1 -d "$src" < "$p" || die "patch $(basename "$p") does not apply"
 done
+if [ "$VARIANT" = cuda ] && ! grep -q 'include(cmake/Cuda.cmake)' "$src/CMakeLists.txt" "$src/cmake/Dependencies.cmake"; then
+  die "OLMP_CAFFE_VARIANT=cuda is not implemented yet: the Caffe fork's CMake never includes cmake/Cuda.cmake \
+and its pycaffe target compiles no .cu files; a CMake patch in scripts/caffe-patches/ is needed \
+(see docker/README.md, 'GPU state'). Use the cpu variant."
+fi
 mkdir -p "$work/build"
 log="$work/build.log"
 say "configuring ($VARIANT, python $py_minor, numpy $np_major)"
@@ -89,6 +97,9 @@ say "compiling with $JOBS jobs (about 5-10 minutes on 2 cores)"
 ( cd "$work/build" && make -j"$JOBS" pycaffe 2>&1 ) | tee -a "$log" \
   | awk '/^\[ *[0-9]+%\]/ { p = substr($0, 1, 6); if (p != last) { print "[pycaffe] " p; fflush(); last = p } }' >&2 || true
 [ -f "$work/build/lib/_caffe.so" ] || { grep -B2 -A10 -m3 'error' "$log" >&2; die "build failed (errors above)"; }
+if [ "$VARIANT" = cuda ] && ! grep -aq libcudart "$work/build/lib/_caffe.so"; then
+  die "the cuda variant built a library that does not link the CUDA runtime; not cached"
+fi
 
 # ---- assemble a relocatable python/caffe folder and cache it atomically -------------------------
 stage="$CACHE/pycaffe/.stage-$key-$$"

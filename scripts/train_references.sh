@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Train the dense reference models (LeNet-300-100, LeNet-5) with Caffe's solver, once.
-#   scripts/train_references.sh [lenet300100] [lenet5]
+# Train the dense reference models (LeNet-300-100, LeNet-5; CaffeNet on request) with Caffe's solver, once.
+#   scripts/train_references.sh [lenet300100] [lenet5] [caffenet_caltech256]
 # Each lands in results/references/<model>/ (model.caffemodel + train.json); an existing
-# model is kept. results/references.md is rewritten from the train.json records.
+# model is kept. Iterations: ITERS, else the solver's max_iter (10,000 for the LeNets);
+# OLMP_GPU=N trains on CUDA device N. results/references.md is rewritten from the LeNet records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
@@ -15,7 +16,10 @@ for m in "${models[@]}"; do
     continue
   fi
   echo "[reference] training $m" >&2
-  $OLMP train --solver "solvers/${m}_solver.prototxt" --iters "${ITERS:-10000}" --seed 1 --out "$out"
+  args=(--solver "solvers/${m}_solver.prototxt" --seed 1 --out "$out")
+  [ -z "${ITERS:-}" ] || args+=(--iters "$ITERS")
+  [ -z "${OLMP_GPU:-}" ] || args+=(--gpu "$OLMP_GPU")
+  $OLMP train "${args[@]}"
 done
 .venv/bin/python - <<'PY'
 import json, pathlib
