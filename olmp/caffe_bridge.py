@@ -78,11 +78,6 @@ def _cuda_device_count() -> int | None:
     return count.value if rt.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
 
 
-def gpu_device() -> int | None:
-    """The CUDA device nets run on, or None on the CPU."""
-    return _gpu
-
-
 def use_gpu(device: int | None) -> None:
     """``--gpu N``: run every net on CUDA device N; None keeps the CPU (the default).
 

@@ -57,7 +57,10 @@ def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str]) -> None:
     layers = MaskedLayers(net, layer_names)
     session = evaluator = None
     while True:
-        msg = conn.recv()
+        try:
+            msg = conn.recv()
+        except EOFError:  # the parent is gone (even SIGKILLed): nothing to report to
+            return
         if msg[0] == "search":
             state = msg[1]
             for name, blobs in state["params"].items():

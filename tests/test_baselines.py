@@ -144,7 +144,7 @@ def test_sparsity_baselines_hit_their_target(tmp_path: Path, lenet300100_model: 
     from olmp import figures, reports  # the tables and figures read baseline records too
 
     assert reports.write_runs_table(tmp_path)["summary"][0]["optimizer"] == method
-    assert {p.stem for p in figures.write_report_figures(tmp_path)} == {"progress", "convergence", "layers"}
+    assert {p.stem for p in figures.write_report_figures(tmp_path)} == {"progress", "convergence", "layers", "methods", "tradeoff"}
 
 
 def test_sensitivity_scan_reads_training_images_only(tmp_path: Path, lenet300100_model: Path,

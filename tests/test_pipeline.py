@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_olmp
+from conftest import run_olmp
 from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
@@ -189,34 +184,6 @@ def _strip_times(rec: dict) -> dict:
     for s in rec["searches"]:
         s.pop("seconds", None)
     return rec
-
-
-@pytest.mark.slow
-def test_kill_and_resume_gives_the_same_model(tmp_path: Path, lenet300100_model: Path) -> None:
-    exp_path = small_experiment(tmp_path, lenet300100_model, niter=501, prune_stop=300, budget=40)
-    ref = tmp_path / "uninterrupted"
-    r = run_olmp("prune", "--experiment", str(exp_path), "--out", str(ref), "--quiet")
-    assert r.returncode == 0, r.stderr
-    killed = tmp_path / "killed"
-    for target in (100, 300):
-        proc = subprocess.Popen([sys.executable, "-m", "olmp", "prune", "--experiment", str(exp_path), "--out",
-                                 str(killed), "--quiet", "--resume"], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            st = killed / "checkpoint" / "state.json"
-            if st.is_file() and json.loads(st.read_text())["next_itr"] >= target:
-                break
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert not (killed / "record.json").exists()
-    r = run_olmp("prune", "--experiment", str(exp_path), "--out", str(killed), "--quiet", "--resume")
-    assert r.returncode == 0, r.stderr
-    assert (killed / "pruned.caffemodel").read_bytes() == (ref / "pruned.caffemodel").read_bytes()
-    a = _strip_times(json.loads((ref / "record.json").read_text()))
-    b = _strip_times(json.loads((killed / "record.json").read_text()))
-    assert a == b
 
 
 def test_second_run_on_a_folder_is_refused(tmp_path: Path, lenet300100_model: Path) -> None:
