@@ -199,14 +199,21 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.subplots()
     methods = sorted({_series(r) for r in runs})
+    # runs far below the reference would squash the interesting band: drawn on the floor, value written
+    floor = min(r["reference"]["test"]["accuracy"] for r in runs) - 0.03
     for i, method in enumerate(methods):
         mine = sorted((r for r in runs if _series(r) == method), key=lambda r: r["final"]["ratio"])
-        ax.scatter([r["final"]["ratio"] for r in mine], [r["final"]["test"]["accuracy"] for r in mine],
-                   s=18, color=f"C{i % 10}", label=method, zorder=3)
-        sweep = [r for r in mine if r["seed"] == 1]  # one seed: the settings sweep, joined in ratio order
+        xs = [r["final"]["ratio"] for r in mine]
+        ys = [r["final"]["test"]["accuracy"] for r in mine]
+        shown = [max(y, floor) for y in ys]
+        ax.scatter(xs, shown, s=18, color=f"C{i % 10}", label=method, zorder=3)
+        for x, y in zip(xs, ys):
+            if y < floor:
+                ax.annotate(f"{y:.4f}", (x, floor), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                            color=f"C{i % 10}")
+        sweep = [(x, y) for r, x, y in zip(mine, xs, shown) if r["seed"] == 1]  # the settings sweep
         if len(sweep) > 1:
-            ax.plot([r["final"]["ratio"] for r in sweep], [r["final"]["test"]["accuracy"] for r in sweep],
-                    linewidth=0.9, color=f"C{i % 10}")
+            ax.plot(*zip(*sweep), linewidth=0.9, color=f"C{i % 10}")
     for acc in sorted({r["reference"]["test"]["accuracy"] for r in runs}):
         ax.axhline(acc, color="grey", linestyle="--", linewidth=0.8)
         ax.annotate(f"reference {acc:.4f}", (0.01, acc), xycoords=("axes fraction", "data"),
@@ -216,7 +223,8 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("compression ratio (all / remaining)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("Accuracy against compression (points: runs; lines: seed-1 settings sweeps)")
+    ax.set_ylim(bottom=floor - 0.001)
+    ax.set_title("Accuracy against compression (points: runs; lines: seed-1 settings sweeps)", fontsize=9)
     ax.grid(True, alpha=0.3)
     if runs:
         ax.legend(fontsize=7)
