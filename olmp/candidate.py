@@ -55,9 +55,11 @@ class CandidateEvaluator:
         self.total = layers.total()
         self.fixed_remaining = layers.remaining() - sum(layers.remaining(n) for n in self.selected)
         self.reference_accuracy = float("nan")
-        self._scratch = {n: [np.empty_like(m) for m in layers.masks[n]] for n in self.selected}
+        self._scratch = {n: [np.empty(m.shape, dtype=bool) for m in layers.masks[n]] for n in self.selected}
         self._absw: dict[str, list[np.ndarray]] = {}
+        self._live: dict[str, list[np.ndarray]] = {}  # the live masks as bool, for the rule's hysteresis
         self._shown: dict[str, list[np.ndarray]] = {}  # masks in the blobs, that the activations came from
+        self._shown_count: dict[str, int] = {}
         self._last_accuracy = float("nan")
         self.evaluations = 0
         self.forwards = 0  # evaluations that had to re-run part of the net
@@ -69,7 +71,9 @@ class CandidateEvaluator:
             self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.selected}
             self.net.forward(start=self.first_prunable)  # every layer may have moved since the last step
             self.reference_accuracy = self._last_accuracy = self._accuracy()
-            self._shown = {n: [m.copy() for m in self.layers.masks[n]] for n in self.selected}
+            self._live = {n: [m.astype(bool) for m in self.layers.masks[n]] for n in self.selected}
+            self._shown = {n: [m.copy() for m in self._live[n]] for n in self.selected}
+            self._shown_count = {n: sum(int(np.count_nonzero(m)) for m in self._live[n]) for n in self.selected}
             try:
                 yield self
             finally:
@@ -84,11 +88,11 @@ class CandidateEvaluator:
                 np.multiply(w, m, out=blob)
 
     def masks_for(self, crates: Sequence[float]) -> dict[str, list[np.ndarray]]:
-        """The selected layers' masks under ``crates`` (scratch arrays, overwritten per call)."""
+        """The selected layers' masks (bool) under ``crates``: scratch arrays, overwritten per call."""
         for n, c in zip(self.selected, crates):
             t = threshold(self.stats[n], float(c))
-            for absw, live, out in zip(self._absw[n], self.layers.masks[n], self._scratch[n]):
-                mask_rule.update_mask(absw, live, t, out=out, absw=absw)
+            for absw, live, out in zip(self._absw[n], self._live[n], self._scratch[n]):
+                mask_rule.keep(absw, live, t, out)
         return self._scratch
 
     def __call__(self, crates: Sequence[float]) -> Evaluation:
@@ -96,13 +100,15 @@ class CandidateEvaluator:
         remaining = self.fixed_remaining
         first_changed = None
         for n in self.selected:  # in net order
-            remaining += sum(int(np.count_nonzero(m)) for m in new[n])
-            if all(np.array_equal(m, shown) for m, shown in zip(new[n], self._shown[n])):
-                continue
+            count = sum(int(np.count_nonzero(m)) for m in new[n])
+            remaining += count
+            if count == self._shown_count[n] and all(np.array_equal(m, s) for m, s in zip(new[n], self._shown[n])):
+                continue  # the same mask: the activations from here on still hold
             first_changed = first_changed or n
             for blob, w, m, shown in zip(self.layers.data(n), self.layers.dense(n), new[n], self._shown[n]):
                 np.multiply(w, m, out=blob)
-                shown[...] = m
+                np.copyto(shown, m)
+            self._shown_count[n] = count
         if first_changed is not None:
             self.net.forward(start=first_changed)
             self._last_accuracy = self._accuracy()

@@ -36,6 +36,21 @@ def _floor_in_dtype(bound: float, dtype: np.dtype) -> np.generic:
     return value
 
 
+def keep(absw: np.ndarray, live: np.ndarray, T: float, out: np.ndarray) -> np.ndarray:
+    """The rule itself on |w| and the previous mask (bool or 0/1), into the bool array ``out``.
+
+    Three vectorised passes: the candidate loop calls it once per blob and candidate.
+    """
+    T = float(T)
+    prune_at = _floor_in_dtype(PRUNE_FACTOR * T, absw.dtype)
+    splice_above = _floor_in_dtype(SPLICE_FACTOR * T, absw.dtype)
+    # new = (kept and not pruned) or spliced
+    np.greater(absw, prune_at, out=out)
+    np.logical_and(out, live, out=out)
+    np.logical_or(out, np.greater(absw, splice_above), out=out)
+    return out
+
+
 def update_mask(
     values: np.ndarray,
     mask: np.ndarray,
@@ -57,14 +72,7 @@ def update_mask(
         out = np.empty(mask.shape, dtype=np.float32)
     elif out.shape != mask.shape:
         raise OlmpError(f"update_mask: out shape {out.shape} != mask shape {mask.shape}")
-    T = float(T)
-    prune_at = _floor_in_dtype(PRUNE_FACTOR * T, absw.dtype)
-    splice_above = _floor_in_dtype(SPLICE_FACTOR * T, absw.dtype)
-    # new = (kept and not pruned) or spliced; a single bool buffer is reused.
-    keep = np.greater(absw, prune_at)
-    np.logical_and(keep, mask, out=keep)
-    np.logical_or(keep, np.greater(absw, splice_above), out=keep)
-    np.copyto(out, keep, casting="unsafe")
+    np.copyto(out, keep(absw, mask, T, np.empty(mask.shape, dtype=bool)), casting="unsafe")
     return out
 
 
