@@ -20,6 +20,51 @@ def mnist_dir() -> Path:
 
 REPO = Path(__file__).resolve().parent.parent
 
+EXPERIMENT_300100 = """
+name = "{name}"
+solver = "solvers/lenet300100_solver.prototxt"
+net = "models/lenet300100/train_test.prototxt"
+weights = "{weights}"
+layers = ["ip1", "ip2", "ip3"]
+optimizer = "{optimizer}"
+seed = {seed}
+
+[pipeline]
+niter = {niter}
+prune_stop_iter = {prune_stop}
+record_every = {record_every}
+checkpoint_every = {checkpoint_every}
+
+[search]
+every = {every}
+population = {population}
+budget = {budget}
+bounds = [0.0, 10.0]
+sigma = {sigma}
+delta = 0.08
+"""
+
+
+def experiment_300100(weights: Path | str, **kw: object) -> str:
+    """A short real LeNet-300-100 experiment file's text (the tests' one template)."""
+    values: dict[str, object] = {"name": "small300100", "optimizer": "ncs", "seed": 1, "niter": 301, "prune_stop": 200,
+                                 "record_every": 100, "checkpoint_every": 100, "every": 100, "population": 6,
+                                 "budget": 60, "sigma": "[[0, 5.0], [200, 0.5]]"}
+    values.update(kw)
+    return EXPERIMENT_300100.format(weights=weights, **values)
+
+
+def without_timing(rec: dict) -> dict:
+    """A run record less exactly its wall-clock fields: the "seconds" block, each search's and a scan's."""
+    import json
+
+    rec = json.loads(json.dumps(rec))
+    rec.pop("seconds", None)
+    rec.get("baseline", {}).pop("seconds", None)
+    for s in rec.get("searches", []):
+        s.pop("seconds", None)
+    return rec
+
 
 def run_olmp(*args: str, cwd: Path | None = None, timeout: float = 600):
     """Run the real `olmp` command line in a subprocess (Caffe aborts would kill pytest)."""

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO
+from conftest import REPO, experiment_300100
 from olmp import caffe_bridge, config, mnist, prototxt, weights
 from olmp.errors import OlmpError
 
@@ -227,29 +227,8 @@ def _npz(d: Path, name: str) -> Path:
 
 # ---- experiment TOML -------------------------------------------------------------------------
 
-BASE_TOML = f"""
-name = "bad"
-solver = "solvers/lenet300100_solver.prototxt"
-net = "models/lenet300100/train_test.prototxt"
-weights = "{GOOD_WEIGHTS}"
-layers = ["ip1", "ip2", "ip3"]
-optimizer = "ncs"
-seed = 1
-
-[pipeline]
-niter = 3
-prune_stop_iter = 2
-record_every = 1
-checkpoint_every = 1000
-
-[search]
-every = 1
-population = 4
-budget = 8
-bounds = [0.0, 10.0]
-sigma = [[0, 5.0]]
-delta = 0.08
-"""
+BASE_TOML = experiment_300100(GOOD_WEIGHTS, name="bad", niter=3, prune_stop=2, record_every=1,
+                              checkpoint_every=1000, every=1, population=4, budget=8, sigma="[[0, 5.0]]")
 
 
 def _toml_cases(d: Path) -> list[Case]:

@@ -2,50 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import run_olmp
+from conftest import experiment_300100, run_olmp, without_timing
 from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.errors import OlmpError
 from olmp.thresholds import layer_stats
 
-SMALL = """
-name = "small300100"
-solver = "solvers/lenet300100_solver.prototxt"
-net = "models/lenet300100/train_test.prototxt"
-weights = "{weights}"
-layers = ["ip1", "ip2", "ip3"]
-optimizer = "{optimizer}"
-seed = {seed}
-
-[pipeline]
-niter = {niter}
-prune_stop_iter = {prune_stop}
-record_every = 100
-checkpoint_every = 100
-
-[search]
-every = 100
-population = 6
-budget = {budget}
-bounds = [0.0, 10.0]
-sigma = [[0, 5.0], [200, 0.5]]
-delta = 0.08
-"""
-
-
 def small_experiment(tmp_path: Path, weights_path: Path, **kw: object) -> Path:
-    values = {"weights": weights_path, "optimizer": "ncs", "seed": 1, "niter": 301, "prune_stop": 200,
-              "budget": 60}
-    values.update(kw)
-    p = tmp_path / f"exp-{abs(hash(tuple(sorted(values.items())))) % 10**8}.toml"
-    p.write_text(SMALL.format(**values))
+    text = experiment_300100(weights_path, **kw)
+    p = tmp_path / f"exp-{abs(hash(text)) % 10**8}.toml"
+    p.write_text(text)
     return p
 
 
@@ -178,14 +150,6 @@ def test_short_pipeline_prunes_within_delta(tmp_path: Path, lenet300100_model: P
     assert (tmp_path / "best" / "pruned.caffemodel").read_bytes() == (tmp_path / "run" / "pruned.caffemodel").read_bytes()
 
 
-def _strip_times(rec: dict) -> dict:
-    rec = json.loads(json.dumps(rec))
-    rec.pop("seconds", None)
-    for s in rec["searches"]:
-        s.pop("seconds", None)
-    return rec
-
-
 def test_second_run_on_a_folder_is_refused(tmp_path: Path, lenet300100_model: Path) -> None:
     from olmp.checkpoint import RunLock
 
@@ -251,7 +215,7 @@ def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: P
     for workers in (1, 3):
         out = tmp_path / f"w{workers}"
         exp_w = config.check(exp.replace(search=exp.search.__class__(**{**vars(exp.search), "workers": workers})))
-        recs[workers] = _strip_times(pipeline.prune(exp_w, out, progress=False))
+        recs[workers] = without_timing(pipeline.prune(exp_w, out, progress=False))
         recs[workers]["experiment"]["search"].pop("workers")
     assert sum(s["evaluations"] for s in recs[1]["searches"]) > 0
     assert recs[1] == recs[3]

@@ -20,46 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, experiment_300100, without_timing
 from olmp import atomic, caffe_bridge, checkpoint, testhook, weights
 
-EXPERIMENT = """
-name = "resume300100"
-solver = "solvers/lenet300100_solver.prototxt"
-net = "models/lenet300100/train_test.prototxt"
-weights = "{weights}"
-layers = ["ip1", "ip2", "ip3"]
-optimizer = "ncs"
-seed = 3
-
-[pipeline]
-niter = 241
-prune_stop_iter = 200
-record_every = 80
-checkpoint_every = 50
-
-[search]
-every = 50
-population = 4
-budget = 12
-bounds = [0.0, 10.0]
-sigma = [[0, 5.0], [100, 1.0]]
-delta = 0.08
-"""
-
-# Exactly the record's wall-clock fields: the run's "seconds" block (sgd, search, wall, this
-# session's wall), each search's "seconds", and a baseline scan's "seconds" (none for OLMP).
-TIMING = ("seconds",)
-
-
-def without_timing(rec: dict) -> dict:
-    rec = json.loads(json.dumps(rec))
-    for key in TIMING:
-        rec.pop(key, None)
-        rec.get("baseline", {}).pop(key, None)
-        for s in rec["searches"]:
-            s.pop(key, None)
-    return rec
+def experiment(weights: Path) -> str:
+    return experiment_300100(weights, name="resume300100", seed=3, niter=241, prune_stop=200, record_every=80,
+                             checkpoint_every=50, every=50, population=4, budget=12, sigma="[[0, 5.0], [100, 1.0]]")
 
 
 def prune(exp: Path, out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
@@ -109,7 +75,7 @@ def next_itr(out: Path) -> int | None:
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_gives_the_same_model(tmp_path: Path, lenet300100_model: Path) -> None:
     exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT.format(weights=lenet300100_model))
+    exp.write_text(experiment(lenet300100_model))
     ref = tmp_path / "uninterrupted"
     r = prune(exp, ref)
     assert r.returncode == 0, r.stderr
@@ -166,7 +132,7 @@ def test_directory_replace_is_one_step(tmp_path: Path) -> None:
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path, lenet300100_model: Path) -> None:
     exp = tmp_path / "exp.toml"
-    exp.write_text(EXPERIMENT.format(weights=lenet300100_model).replace("niter = 241", "niter = 60"))
+    exp.write_text(experiment(lenet300100_model).replace("niter = 241", "niter = 60"))
     out = tmp_path / "run"
     assert prune(exp, out, kill_at="sgd:55").returncode == -signal.SIGKILL
     assert next_itr(out) == 50
