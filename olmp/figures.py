@@ -30,6 +30,7 @@ from olmp import atomic
 
 OPTIMIZER_COLORS = {"ncs": "tab:blue", "cmaes": "tab:orange", "sampling": "tab:green"}
 FORMATS = ("png", "svg")
+COLLAPSED = 0.5  # test accuracy under which a run is named on the trade-off figure, not drawn
 _RC = {"svg.hashsalt": "olmp", "svg.fonttype": "none", "font.size": 9}  # SVG text stays text
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
@@ -198,6 +199,14 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
     """Test accuracy against ratio: every run a point, the runs of one method joined in ratio order."""
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.subplots()
+    collapsed = [r for r in runs if r["final"]["test"]["accuracy"] < COLLAPSED]
+    runs = [r for r in runs if r["final"]["test"]["accuracy"] >= COLLAPSED]
+    if collapsed:  # a net that lost everything would stretch the ratio axis a hundredfold: named instead
+        ax.text(0.99, 0.01, "not drawn (collapsed): " + ", ".join(
+            f"{_series(r)} {r['final']['ratio']:.0f}x at {r['final']['test']['accuracy']:.4f}" for r in collapsed),
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="grey")
+    if not runs:
+        return fig
     methods = sorted({_series(r) for r in runs})
     # runs far below the reference would squash the interesting band: drawn on the floor, value written
     floor = min(r["reference"]["test"]["accuracy"] for r in runs) - 0.03
