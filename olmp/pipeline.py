@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, weights
+from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, train, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator
 from olmp.config import Experiment
@@ -40,7 +40,6 @@ from olmp.policies import POLICIES
 from olmp.search import make_optimizer
 from olmp.thresholds import LayerStats, layer_stats, threshold
 
-WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence: stop before NaN reaches Caffe
 
 
 def selection_probability(gamma: float, itr: int) -> float:
@@ -158,14 +157,12 @@ class Pipeline:
         self.solver.step(1)
         self.layers.after_step()  # without straight-through: pruned weights back to exactly 0
         self.sgd_seconds += time.perf_counter() - t0
-        loss = float(self.net.blobs["loss"].data)
-        # max |w| without allocating |W| on every step (NaN still propagates into `big`)
-        big = max(max(float(b.data.max()), -float(b.data.min())) for n in self.exp.layers for b in self.net.params[n])
-        if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
+        why = train.divergence(self.net, self.exp.layers)
+        if why:
             kept = (f"the last good checkpoint is kept in {self.out / checkpoint.CHECKPOINT}"
                     if checkpoint.exists(self.out) else "no checkpoint was written yet")
             raise OlmpError(
-                f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); {kept}; "
+                f"training diverged at iteration {itr} ({why}); {kept}; "
                 "lower base_lr (or a growing learning-rate schedule) in the solver",
                 self.exp.solver,
             )

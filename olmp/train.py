@@ -13,18 +13,21 @@ from olmp import atomic, caffe_bridge, evaluate, prototxt, weights
 from olmp.errors import OlmpError
 
 CHUNK = 100  # solver steps between progress updates
-WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence (as in olmp.pipeline)
+WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence: stop before a NaN reaches Caffe
 
 
-def _check_step(net: Any, itr: int, solver_path: Path) -> float:
-    """Stop after the step that diverges: a NaN weight must never reach the next forward
-    (Caffe's max-pool backward then writes out of bounds)."""
+def divergence(net: Any, layers: Any = None) -> str | None:
+    """What diverged in the last step (loss, max |w| of ``layers`` or all), or None.
+
+    Checked after every step: a NaN weight must never reach the next forward, since Caffe's
+    max-pool backward then writes out of bounds. max and min avoid allocating |W| per step.
+    """
     loss = float(net.blobs["loss"].data)
-    big = max(max(float(b.data.max()), -float(b.data.min())) for blobs in net.params.values() for b in blobs)
-    if not math.isfinite(loss) or not big < WEIGHT_LIMIT:
-        raise OlmpError(f"training diverged at iteration {itr} (loss {loss}, max |w| {big:.3g}); "
-                        "lower base_lr in the solver", solver_path)
-    return loss
+    names = list(net.params) if layers is None else layers
+    big = max(max(float(b.data.max()), -float(b.data.min())) for n in names for b in net.params[n])
+    if math.isfinite(loss) and big < WEIGHT_LIMIT:
+        return None
+    return f"loss {loss}, max |w| {big:.3g}"
 
 
 def train(
@@ -58,7 +61,11 @@ def train(
             for _ in range(n):  # one step at a time, each checked (the same steps as solver.step(n))
                 solver.step(1)
                 done += 1
-                loss = _check_step(solver.net, done, solver_path)
+                why = divergence(solver.net)
+                if why:
+                    raise OlmpError(f"training diverged at iteration {done} ({why}); lower base_lr in the solver",
+                                    solver_path)
+            loss = float(solver.net.blobs["loss"].data)
             curve.append({"iter": done, "loss": loss})
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update(n)
