@@ -116,13 +116,12 @@ class WorkerPool:
         self.local = local
         lay = local.layers
         state = {
-            "params": {n: [np.array(b.data) for b in self.net.params[n]] for n in self.net.params
-                       if n not in lay.names},
+            "params": {n: lay.dense(n) if n in lay.names else [np.array(b.data) for b in self.net.params[n]]
+                       for n in self.net.params},  # the prunable layers' dense W, the others as they are
             "masks": {n: lay.masks[n] for n in lay.names},
             "inputs": {t: self.net.blobs[t].data for t in self.inputs},
             "stats": local.stats, "selected": local.selected, "delta": local.delta,
         }
-        state["params"].update({n: lay.dense(n) for n in lay.names})
         for c in self._conns:
             c.send(("search", state))
         for c in self._conns:
