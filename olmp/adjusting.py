@@ -12,10 +12,15 @@ Between steps the blobs hold the dense W. Anything that evaluates, saves or
 inspects goes through ``masked()``, which shows W*M and puts W back afterwards.
 
 With ``straight_through=False`` (Deep Compression and the simple magnitude
-baselines) pruned weights stay at zero instead: the gradient callback also masks
-the gradients, and the caller runs ``after_step()`` after every solver step, which
-zeroes W under the mask. Masking gradients alone is not enough: momentum history
-accumulated before a weight was pruned would otherwise revive it.
+baselines) pruned weights stay at zero instead: the caller runs ``after_step()``
+after every solver step, which zeroes W under the mask, so neither their gradient
+nor their momentum history can revive them. The gradients are deliberately left
+unmasked: a masked (zero) gradient lets the momentum history of pruned weights decay
+as 0.9^n into float32 subnormals, where it sticks (0.9 x the smallest subnormal
+rounds back to it) and slows every later step (96% of LeNet-5's history was subnormal
+at iteration 27,000; benchmarks/bench.py measures the cost). Each weight's update reads
+only its own gradient and history, so the kept weights train exactly as with masked
+gradients (a solver that clips gradients by their global norm would see the difference).
 """
 
 from __future__ import annotations
@@ -79,14 +84,7 @@ class MaskedLayers:
 
     def attach(self, solver: Any) -> None:
         """Register the callbacks on a Caffe solver (straight-through, or frozen pruned weights)."""
-        solver.add_callback(lambda: self._apply(), lambda: self._gradients_ready())
-
-    def _gradients_ready(self) -> None:
-        self._restore()
-        if not self.straight_through:
-            for n in self.names:
-                for blob, mask in zip(self.net.params[n], self.masks[n]):
-                    np.multiply(blob.diff, mask, out=blob.diff)
+        solver.add_callback(lambda: self._apply(), lambda: self._restore())
 
     def after_step(self) -> None:
         """Without straight-through: zero W under the mask (momentum must not revive pruned weights)."""

@@ -77,6 +77,40 @@ def test_momentum_would_revive_pruned_weights_unless_zeroed(lenet300100_model: P
     assert any(np.any(w[m == 0] != 0) for n in LAYERS for w, m in zip(layers.dense(n), layers.masks[n]))
 
 
+
+def test_frozen_weights_train_as_with_masked_gradients(lenet300100_model: Path) -> None:
+    """Gradients are left unmasked (no subnormal momentum); the kept weights must not notice."""
+    rng = np.random.default_rng(0)
+    masks = {n: None for n in LAYERS}
+    nets = []
+    for mask_gradients in (False, True):
+        sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
+        sp.random_seed = 1
+        sp.test_interval = 2**31 - 1
+        solver = caffe_bridge.make_solver(sp)
+        weights.load_weights(solver.net, lenet300100_model)
+        layers = MaskedLayers(solver.net, LAYERS, straight_through=False)
+        layers.attach(solver)
+        if mask_gradients:
+            def mask(net=solver.net, lay=layers) -> None:  # noqa: ANN001
+                for n in LAYERS:
+                    for blob, m in zip(net.params[n], lay.masks[n]):
+                        np.multiply(blob.diff, m, out=blob.diff)
+            solver.add_callback(lambda: None, mask)
+        solver.step(3)
+        for n in LAYERS:
+            if masks[n] is None:
+                masks[n] = [(rng.random(m.shape) < 0.3).astype(np.float32) for m in layers.masks[n]]
+            layers.set_masks(n, masks[n])
+        for _ in range(10):
+            solver.step(1)
+            layers.after_step()
+        nets.append((solver, layers))
+    (a, la), (b, lb) = nets
+    for n in LAYERS:
+        for wa, wb in zip(la.dense(n), lb.dense(n)):
+            assert np.array_equal(wa, wb)
+
 def test_deep_compression_run(tmp_path: Path, lenet300100_model: Path) -> None:
     exp = baseline_experiment(tmp_path, lenet300100_model, "deep-compression", validation_images=500,
                               grid=[0.25, 0.5, 1.0, 1.5, 2.0], tolerance=0.03, rounds=2)
