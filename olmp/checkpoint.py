@@ -25,7 +25,7 @@ from olmp import atomic, caffe_bridge, testhook, weights
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
-RESULT_FREE = ("source", "search.workers")  # settings a resume may change: same result either way
+RESULT_FREE = ("source", "search.workers", "search.chunks")  # a resume may change these: same result either way
 SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move
 
 

@@ -41,6 +41,7 @@ class SearchConfig:
     accuracy_on: str = "minibatch"  # "minibatch" (paper) or "validation"
     validation_images: int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
     workers: int = 1  # processes scoring a population (results do not depend on it)
+    chunks: int = 1  # score the batch in this many parts, stopping once infeasible (exact; olmp/candidate.py)
 
     def sigma_at(self, itr: int) -> float:
         """The step-size schedule: the last entry whose start iteration is <= itr."""
@@ -183,7 +184,7 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if not s.bounds[0] < s.bounds[1]:
         fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
     for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
-                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1),
+                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1), ("search.chunks", s.chunks, 1),
                         ("pipeline.niter", p.niter, 1),
                         ("pipeline.record_every", p.record_every, 1),
                         ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
@@ -191,6 +192,9 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
             fail(f"{name} must be >= {lo}, got {v}")
     if p.niter >= INT_MAX:
         fail(f"pipeline.niter must be < {INT_MAX}, got {p.niter}")
+    if s.chunks > 1 and s.constraint == "al":
+        fail("search.chunks > 1 stops infeasible candidates early with a bound on their accuracy; "
+             "constraint = 'al' needs exact margins, use search.chunks = 1")
     if s.workers > s.population:
         fail(f"search.workers ({s.workers}) must be <= search.population ({s.population}): no more than one each")
     if s.budget < s.population:

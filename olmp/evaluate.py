@@ -24,12 +24,12 @@ def loss_inputs(net: Any) -> tuple[str, str]:
     raise OlmpError("net has no SoftmaxWithLoss layer to read logits and labels from")
 
 
-def _correct(logits: np.ndarray, labels: np.ndarray) -> int:
+def correct(logits: np.ndarray, labels: np.ndarray) -> int:
     return int(np.sum(np.argmax(logits.reshape(len(logits), -1), axis=1) == labels.reshape(-1).astype(int)))
 
 
 def batch_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return _correct(logits, labels) / len(logits)
+    return correct(logits, labels) / len(logits)
 
 
 def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -54,7 +54,7 @@ def test_set_size(net_param: Any) -> int:
 def evaluate_net(net: Any, images: int) -> dict[str, Any]:
     """Run a TEST-phase net over ``images`` images from its data layer's start position."""
     logits_name, label_name = loss_inputs(net)
-    correct = 0
+    right = 0
     loss_sum = 0.0
     seen = 0
     while seen < images:
@@ -65,10 +65,10 @@ def evaluate_net(net: Any, images: int) -> dict[str, Any]:
         if take <= 0:  # an empty batch would never finish the loop
             raise OlmpError("the net's TEST batch is empty")
         logits, labels = logits[:take], labels[:take]
-        correct += _correct(logits, labels)
+        right += correct(logits, labels)
         loss_sum += _cross_entropy_sum(logits, labels)
         seen += take
-    return {"accuracy": correct / seen, "loss": loss_sum / seen, "images": seen}
+    return {"accuracy": right / seen, "loss": loss_sum / seen, "images": seen}
 
 
 def evaluate(net_path: str | Path, weights_path: str | Path) -> dict[str, Any]:

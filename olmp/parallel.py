@@ -45,16 +45,18 @@ def input_net_param(net_param: Any, phase: int, shapes: dict[str, tuple[int, ...
     return out
 
 
-def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str]) -> None:
+def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str], chunks: int) -> None:
     """A worker's loop: ("search", state) opens a session, ("eval", xs) scores, ("end",) closes it."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from olmp import caffe_bridge  # noqa: PLC0415
     from olmp.adjusting import MaskedLayers  # noqa: PLC0415
+    from olmp.candidate import chunk_nets  # noqa: PLC0415
 
     param = caffe_bridge.caffe_pb2().NetParameter()
     param.ParseFromString(net_param_bytes)
     net = caffe_bridge.make_net(param, "test")  # the phase is already chosen: Input layers, no filters
     layers = MaskedLayers(net, layer_names)
+    parts = chunk_nets(net, param, caffe_bridge.caffe_pb2().TEST, chunks) if chunks > 1 else []
     session = evaluator = None
     while True:
         try:
@@ -73,7 +75,7 @@ def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str]) -> None:
                 net.blobs[top].data[...] = value
             first = next(n for n, lay in zip(net._layer_names, net.layers) if lay.type != "Input")
             net.forward(start=first)  # the activations below the prunable layers, once per search
-            evaluator = CandidateEvaluator(net, layers, state["stats"], state["selected"], state["delta"])
+            evaluator = CandidateEvaluator(net, layers, state["stats"], state["selected"], state["delta"], parts)
             session = evaluator.session()
             session.__enter__()
             conn.send(("ready", evaluator.reference_accuracy))
@@ -91,7 +93,8 @@ def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str]) -> None:
 class WorkerPool:
     """N-1 spawned workers plus the parent: ``map`` scores a population in order."""
 
-    def __init__(self, workers: int, net: Any, net_param: Any, phase: int, layer_names: Sequence[str]) -> None:
+    def __init__(self, workers: int, net: Any, net_param: Any, phase: int, layer_names: Sequence[str],
+                 chunks: int = 1) -> None:
         from olmp import prototxt  # noqa: PLC0415
 
         self.net = net
@@ -103,7 +106,7 @@ class WorkerPool:
         self._procs = []
         for _ in range(workers - 1):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, param.SerializeToString(), list(layer_names)),
+            proc = ctx.Process(target=_worker, args=(child, param.SerializeToString(), list(layer_names), chunks),
                                daemon=True)
             proc.start()
             child.close()

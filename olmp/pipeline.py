@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, train, weights
 from olmp.adjusting import MaskedLayers
-from olmp.candidate import CandidateEvaluator
+from olmp.candidate import CandidateEvaluator, chunk_nets
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 from olmp.parallel import WorkerPool
@@ -93,12 +93,18 @@ class Pipeline:
             self.eval_net, self.eval_param = self._validation_net(exp.search.validation_images), pb.TEST
         else:
             self.eval_net, self.eval_param = self.net, pb.TRAIN
+        self.chunks = []
+        if exp.method == "olmp" and exp.search.chunks > 1:  # scored chunk by chunk (olmp/candidate.py)
+            try:
+                self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)
+            except ValueError as exc:
+                raise OlmpError(str(exc), exp.source) from None
         self.pool = None
         if exp.method == "olmp" and exp.search.workers > 1:
             if caffe_bridge.gpu_device() is not None:
                 raise OlmpError("search.workers > 1 runs CPU worker processes; use 1 with --gpu", exp.source)
             self.pool = WorkerPool(exp.search.workers, self.eval_net, self._eval_net_param, self.eval_param,
-                                   exp.layers)
+                                   exp.layers, exp.search.chunks)
         self.rng = np.random.default_rng(exp.seed)
         self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
         self.test_batches = 0
@@ -176,7 +182,7 @@ class Pipeline:
         options = {"constraint_handling": s.constraint} if self.exp.optimizer == "cmaes" else {}
         opt = make_optimizer(self.exp.optimizer, x0, s.sigma_at(itr), s.bounds, s.population, s.budget, seed,
                              **options)
-        evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta)
+        evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.chunks)
         size_before = self.layers.size()
         trace = []
         best_margin = None
@@ -197,7 +203,7 @@ class Pipeline:
                 trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])
             res = opt.result
             if res.xbest is not None:
-                best = evaluator(res.xbest)
+                best = evaluator(res.xbest, whole_batch=True)
                 best_margin = best.margin
             ref_acc = evaluator.reference_accuracy
         applied = res.xbest is not None and best_margin is not None and best_margin >= 0 and res.fbest <= size_before

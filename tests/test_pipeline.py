@@ -10,7 +10,7 @@ import pytest
 from conftest import experiment_300100, run_olmp, without_timing
 from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
-from olmp.candidate import CandidateEvaluator
+from olmp.candidate import CandidateEvaluator, chunk_nets
 from olmp.errors import OlmpError
 from olmp.thresholds import layer_stats
 
@@ -110,9 +110,14 @@ def test_bad_experiment_values(tmp_path: Path, lenet300100_model: Path) -> None:
     assert (exp.search.delta, exp.baseline.scale, exp.optimizer) == (0.03, 2.0, "cmaes")
     assert "--set search.delta=0.03" in exp.source
     for setting, needle in (("search.delta=-1", "delta"), ("search.delta", "KEY=VALUE"), ("search.nope=1", "unknown key"),
-                            ("a.b.c=1", "KEY=VALUE"), ("pipeline.niter=ten", "niter")):
+                            ("a.b.c=1", "KEY=VALUE"), ("pipeline.niter=ten", "niter"), ("search.chunks=0", "chunks")):
         with pytest.raises(OlmpError, match=needle):
             config.load(good, [setting])
+    with pytest.raises(OlmpError, match="exact margins"):  # early stops report bounds, cma's AL needs margins
+        config.load(good, ["search.chunks=4", "search.constraint=al"])
+    with pytest.raises(OlmpError, match=r"chunks must be in \[1, 64\]") as info:  # more chunks than images
+        pipeline.Pipeline(config.load(good, ["search.chunks=65"]), tmp_path / "c", progress=False)
+    assert "good.toml" in str(info.value)
     unknown_layer = tmp_path / "layer.toml"
     unknown_layer.write_text(base.replace('"ip3"]', '"ip4"]'))
     r = run_olmp("prune", "--experiment", str(unknown_layer), "--out", str(tmp_path / "o"), "--quiet")
@@ -203,20 +208,53 @@ def test_partial_forward_scores_like_a_full_forward(lenet5_model: Path) -> None:
     assert fast == full
 
 
+def test_chunked_evaluation_decides_like_the_whole_batch(lenet5_model: Path) -> None:
+    """Chunk by chunk with early stops: the same feasibility and sizes; whole-batch accuracies where it matters."""
+    solver, layers = _solver_with_masks(lenet5_model, "lenet5")
+    net = solver.net
+    solver.step(1)
+    stats = {n: layer_stats(net.params[n][0].data, net.params[n][1].data) for n in layers.names}
+    param = prototxt.read_net("models/lenet5/train_test.prototxt")
+    parts = chunk_nets(net, param, caffe_bridge.caffe_pb2().TRAIN, 4)
+    assert [p.blobs["data"].data.shape[0] for p in parts] == [16, 16, 16, 16]
+    rng = np.random.default_rng(5)
+    selected = ["conv1", "conv2", "ip1", "ip2"]
+    crates = [rng.uniform(0, 3, 4) for _ in range(16)] + [np.zeros(4), np.full(4, 8.0), np.zeros(4)]
+    whole = CandidateEvaluator(net, layers, stats, selected, delta=0.05)
+    with whole.session():
+        exact = [whole(c) for c in crates]
+    chunked = CandidateEvaluator(net, layers, stats, selected, delta=0.05, chunks=parts)
+    with chunked.session():
+        assert chunked.reference_accuracy == whole.reference_accuracy
+        fast = [chunked(c) for c in crates]
+        again = [chunked(c, whole_batch=True) for c in crates]
+    assert [e.feasible for e in fast] == [e.feasible for e in exact]
+    assert [e.size for e in fast] == [e.size for e in exact]
+    assert again == exact
+    for f, e in zip(fast, exact):
+        assert f == e if e.feasible else f.accuracy >= e.accuracy
+    stopped = [f for f, e in zip(fast, exact) if f != e]
+    assert stopped  # some candidates were given up before the last chunk
+    assert all(not f.feasible for f in stopped)
+
+
 @pytest.mark.parametrize("accuracy_on", ["minibatch", "validation"])
 def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: Path, accuracy_on: str) -> None:
-    """A population scored by 1 or 3 processes: the same searches, masks and model, bit for bit."""
+    """A population scored by 1 or 3 processes, whole or in chunks: the same searches, masks and model, bit for bit."""
     text = small_experiment(tmp_path, lenet300100_model, niter=121, prune_stop=120, budget=48).read_text()
     if accuracy_on == "validation":  # the TEST-phase batch net (split layers, a different phase) in the workers
         text = text.replace("delta = 0.08", 'delta = 0.02\naccuracy_on = "validation"\nvalidation_images = 300')
     (tmp_path / "par.toml").write_text(text)
     exp = config.load(tmp_path / "par.toml")
-    recs = {}
-    for workers in (1, 3):
-        out = tmp_path / f"w{workers}"
-        exp_w = config.check(exp.replace(search=exp.search.__class__(**{**vars(exp.search), "workers": workers})))
-        recs[workers] = without_timing(pipeline.prune(exp_w, out, progress=False))
-        recs[workers]["experiment"]["search"].pop("workers")
-    assert sum(s["evaluations"] for s in recs[1]["searches"]) > 0
-    assert recs[1] == recs[3]
-    assert (tmp_path / "w1" / "pruned.caffemodel").read_bytes() == (tmp_path / "w3" / "pruned.caffemodel").read_bytes()
+    recs, models = [], []
+    for workers, chunks in ((1, 1), (3, 1), (1, 5), (2, 5)):
+        out = tmp_path / f"w{workers}c{chunks}"
+        search = exp.search.__class__(**{**vars(exp.search), "workers": workers, "chunks": chunks})
+        rec = without_timing(pipeline.prune(config.check(exp.replace(search=search)), out, progress=False))
+        rec["experiment"]["search"].pop("workers")
+        rec["experiment"]["search"].pop("chunks")
+        recs.append(rec)
+        models.append((out / "pruned.caffemodel").read_bytes())
+    assert sum(s["evaluations"] for s in recs[0]["searches"]) > 0
+    assert all(r == recs[0] for r in recs[1:])
+    assert all(m == models[0] for m in models[1:])
