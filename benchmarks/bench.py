@@ -9,6 +9,9 @@
     whole net re-run after the data layer). Both score the same crates on the same minibatch, and must
     decide alike (the same feasibility, the same accuracy for every feasible candidate). Measured for every layer set a search can get (two or more layers) and combined
     with the probability that the §3 schedule hands each set to a search (the "pipeline mix").
+(a') the pipeline's first search (real ``Pipeline.search``: all layers, sigma of iteration 0, the
+    experiment's budget) with the batch whole and in ``search.chunks`` parts, from the same state;
+    the two search records must be equal.
 (b) one masked SGD step of the pipeline (callbacks W*M / dense W, divergence check) against a plain
     ``solver.step(1)`` on a second solver with the same net and weights, in alternating chunks.
 (c) the full pipeline: wall time split into SGD and search, from the finished paper-setting OLMP
@@ -154,6 +157,35 @@ def bench_workers(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Gener
     return {f"parallel_speedup_{workers}_workers": statistics.median(one) / statistics.median(many)}
 
 
+def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
+    """The pipeline's first search (all layers, sigma at iteration 0) with the batch whole and in chunks.
+
+    The real ``Pipeline.search``, run repeatedly from the same state (generator, crates, masks put back
+    after each), alternating; the two records must be the same apart from their seconds.
+    """
+    exp = pipe.exp
+    saved = (pipe.rng.bit_generator.state, dict(pipe.crates), pipe.layers.state())
+    parts = pipe.chunks
+    small = exp.replace(search=exp.search.__class__(**{**vars(exp.search), "budget": budget}))
+    pipe.exp, times, records = small, {"whole": [], "chunks": []}, {}
+    try:
+        for _ in range(repeats):
+            for key, chunks in (("whole", []), ("chunks", parts)):
+                pipe.chunks = chunks
+                rec = pipe.search(0, list(exp.layers))
+                times[key].append(rec.pop("seconds"))
+                records[key] = rec
+                pipe.rng.bit_generator.state = saved[0]
+                pipe.crates = dict(saved[1])
+                pipe.layers.load_state(saved[2])
+    finally:
+        pipe.exp, pipe.chunks = exp, parts
+    return {"search_chunks": len(parts), "search_evaluations": records["whole"]["evaluations"],
+            "search_whole_s": statistics.median(times["whole"]), "search_chunked_s": statistics.median(times["chunks"]),
+            "search_speedup_chunks": statistics.median(times["whole"]) / statistics.median(times["chunks"]),
+            "search_records_equal": records["whole"] == records["chunks"]}
+
+
 # -- (b) masked SGD step --------------------------------------------------------------------------
 def plain_solver(pipe: Pipeline) -> Any:
     sp = prototxt.read_solver(pipe.exp.solver)
@@ -231,14 +263,16 @@ def markdown(result: dict[str, Any]) -> str:
              f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
              f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
              "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", "",
-             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | 2 workers | masked/plain SGD step | "
+             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | first search whole s | "
+             "in chunks s | chunks speedup | 2 workers | masked/plain SGD step | "
              "plain step ms | plain steps x niter s | pipeline s | search fraction | pipeline source |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in result.items():
         if model in ("machine", "command"):
             continue
         lines.append(f"| {model} | {r['eval_speedup']:.2f}x | {r['evals_per_second']:.0f} | "
-                     f"{r['naive_evals_per_second']:.0f} | {r['parallel_speedup_2_workers']:.2f}x | "
+                     f"{r['naive_evals_per_second']:.0f} | {r['search_whole_s']:.1f} | {r['search_chunked_s']:.1f} | "
+                     f"{r['search_speedup_chunks']:.2f}x | {r['parallel_speedup_2_workers']:.2f}x | "
                      f"{r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | {r['sgd_floor_seconds']:.0f} | "
                      f"{r.get('pipeline_seconds', float('nan')):.0f} | {r.get('search_fraction', float('nan')):.3f} | "
                      f"{r.get('pipeline_source', '-')} |")
@@ -273,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                 pipe.layers.update(n, threshold(pipe.stats[n], pipe.crates[n]))
             print(f"[bench] {model}: candidate evaluation", file=sys.stderr)
             r = bench_evaluation(pipe, evals, repeats, rng)
+            print(f"[bench] {model}: one search, whole batch and in chunks", file=sys.stderr)
+            r.update(bench_search(pipe, 100 if args.quick else exp.search.budget, repeats))
             print(f"[bench] {model}: worker processes", file=sys.stderr)
             r.update(bench_workers(pipe, evals, repeats, rng))
             print(f"[bench] {model}: SGD step", file=sys.stderr)

@@ -16,7 +16,9 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path, mnist_dir: Path) -> N
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "quick.json").read_text())["lenet300100"]
     assert res["decisions_agree"]  # the fast evaluation decides exactly like the naive one
-    for key in ("eval_speedup", "masked_step_ratio", "parallel_speedup_2_workers", "plain_step_ms"):
+    assert res["search_records_equal"] and res["search_chunks"] == 8  # chunks change the time, not the search
+    for key in ("eval_speedup", "masked_step_ratio", "parallel_speedup_2_workers", "plain_step_ms",
+                "search_speedup_chunks"):
         assert res[key] > 0
     assert set(res["per_layer_set"]) == {"ip1+ip2", "ip1+ip3", "ip2+ip3", "ip1+ip2+ip3"}
     assert "| lenet300100 |" in (tmp_path / "quick.md").read_text()
