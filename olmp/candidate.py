@@ -10,8 +10,8 @@ back exactly afterwards: evaluating never changes the training state.
 With ``chunks`` (``search.chunks`` > 1) the batch is spread over that many small copies of the
 evaluation net (Input layers, weights shared with it) and a candidate is scored chunk by chunk,
 stopping as soon as its errors so far already exceed what the constraint allows: most candidates
-of a search are far outside it (on LeNet-5 about 99% of a first search's candidates fall to
-chance accuracy), and they now cost one chunk instead of the whole batch. The decision is exact:
+of a search are far outside it (one crate too high drops the net to chance accuracy), and they
+now cost one chunk instead of the whole batch (benchmarks/bench.py: 6.4x on LeNet-5's first search). The decision is exact:
 a stopped candidate is infeasible on the whole batch, and it is reported with the best accuracy
 the rest of the batch could still give it (an upper bound, below the constraint). Every other
 candidate reads all chunks, and its accuracy is the whole batch's.
