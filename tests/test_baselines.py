@@ -250,6 +250,16 @@ def test_compare_writes_measured_and_reported_rows(tmp_path: Path) -> None:
     assert "Han et al." in md and "olmp-ncs" in md
 
 
+def test_best_is_an_olmp_run_even_when_a_baseline_keeps_the_accuracy(tmp_path: Path) -> None:
+    """LeNet-5's dns run keeps the reference accuracy and no OLMP run does: best/ is still OLMP's."""
+    for run in ("ncs-seed1", "dns-seed1"):
+        shutil.copytree(REPO / "results" / "lenet5" / run, tmp_path / "lenet5" / run)
+    r = run_olmp("report", str(tmp_path / "lenet5"))
+    assert r.returncode == 0, r.stderr
+    best = (tmp_path / "lenet5" / "best" / "pruned.caffemodel").read_bytes()
+    assert best == (tmp_path / "lenet5" / "ncs-seed1" / "pruned.caffemodel").read_bytes()
+
+
 @pytest.mark.parametrize("method", ["deep-compression", "dns"])
 def test_interrupted_baseline_resumes_to_the_same_model(tmp_path: Path, lenet300100_model: Path,
                                                         method: str) -> None:
