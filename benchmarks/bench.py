@@ -7,7 +7,8 @@
     experiment's ``search.chunks`` parts with infeasible candidates stopped early) against a naive
     evaluation (every layer's |w| and mask rebuilt in fresh arrays, W*M written for every layer, the
     whole net re-run after the data layer). Both score the same crates on the same minibatch, and must
-    decide alike (the same feasibility, the same accuracy for every feasible candidate). Measured for every layer set a search can get (two or more layers) and combined
+    decide alike (the same feasibility, the same accuracy for every feasible candidate). Measured
+    for every layer set a search can get (two or more layers) and combined
     with the probability that the §3 schedule hands each set to a search (the "pipeline mix").
 (a') the pipeline's first search (real ``Pipeline.search``: all layers, sigma of iteration 0, the
     experiment's budget) with the batch whole and in ``search.chunks`` parts, from the same state;

@@ -74,7 +74,8 @@ def bench(exp: config.Experiment, dense: int, warm: int, chunk: int, repeats: in
         with ours.layers.masked(), old.layers.masked():
             same = all(np.array_equal(a.data, b.data)
                        for n in ours.layers.names for a, b in zip(ours.net.params[n], old.net.params[n]))
-        return {"dense_steps": dense, "steps_before_timing": warm, "unmasked_gradients_step_ms": 1e3 * statistics.median(t_ours),
+        return {"dense_steps": dense, "steps_before_timing": warm,
+                "unmasked_gradients_step_ms": 1e3 * statistics.median(t_ours),
                 "masked_gradients_step_ms": 1e3 * statistics.median(t_old),
                 "speedup": statistics.median(t_old) / statistics.median(t_ours), "kept_weights_equal": same}
 
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         result[model] = bench(config.load(REPO / EXPERIMENTS[model]), dense, warm, chunk, repeats)
     lines = ["# Frozen pruned weights: SGD step with unmasked (ours) vs masked gradients", "",
              f"Made by `{result['command']}`; medians of alternating chunks in one run.", "",
-             "| model | pruned steps before timing | ours ms/step | masked gradients ms/step | speedup | kept weights equal |",
+             "| model | pruned steps before timing | ours ms/step | masked gradients ms/step | speedup "
+             "| kept weights equal |",
              "|---|---|---|---|---|---|"]
     for model in args.models:
         r = result[model]

@@ -11,10 +11,10 @@ With ``chunks`` (``search.chunks`` > 1) the batch is spread over that many small
 evaluation net (Input layers, weights shared with it) and a candidate is scored chunk by chunk,
 stopping as soon as its errors so far already exceed what the constraint allows: most candidates
 of a search are far outside it (one crate too high drops the net to chance accuracy), and they
-now cost one chunk instead of the whole batch (benchmarks/bench.py: 6.4x on LeNet-5's first search). The decision is exact:
-a stopped candidate is infeasible on the whole batch, and it is reported with the best accuracy
-the rest of the batch could still give it (an upper bound, below the constraint). Every other
-candidate reads all chunks, and its accuracy is the whole batch's.
+now cost one chunk instead of the whole batch (benchmarks/bench.py: 6.4x on LeNet-5's first
+search). The decision is exact: a stopped candidate is infeasible on the whole batch, and it is
+reported with the best accuracy the rest of the batch could still give it (an upper bound, below
+the constraint). Every other candidate reads all chunks, and its accuracy is the whole batch's.
 """
 
 from __future__ import annotations
@@ -63,8 +63,18 @@ def _first_computed(net: Any) -> str:
     return next(n for n, lay in zip(net._layer_names, net.layers) if lay.type != "Input")
 
 
-def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Any]:
-    """``chunks`` copies of ``net`` with Input layers, each for a contiguous part of its batch, sharing its weights."""
+@dataclass(frozen=True)
+class Chunk:
+    """A copy of the evaluation net for images [lo, hi) of its batch: Input layers, weights shared."""
+
+    net: Any
+    lo: int
+    hi: int
+    inputs: tuple[str, ...]  # the blobs copied from the evaluation net at the start of a search
+
+
+def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Chunk]:
+    """``net``'s batch in ``chunks`` contiguous parts, each in its own small net sharing ``net``'s weights."""
     from olmp import caffe_bridge, prototxt  # noqa: PLC0415
     from olmp.parallel import input_net_param  # noqa: PLC0415
 
@@ -77,8 +87,7 @@ def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Any]:
         shapes = {t: (len(idx), *net.blobs[t].data.shape[1:]) for t in tops}
         part = caffe_bridge.make_net(input_net_param(net_param, phase, shapes), "test")
         part.share_with(net)
-        part.olmp_slice = (int(idx[0]), int(idx[-1]) + 1), tops  # which images of the batch it holds
-        out.append(part)
+        out.append(Chunk(part, int(idx[0]), int(idx[-1]) + 1, tuple(tops)))
     return out
 
 
@@ -92,7 +101,7 @@ class CandidateEvaluator:
         stats: dict[str, LayerStats],
         selected: Sequence[str],
         delta: float,
-        chunks: Sequence[Any] = (),
+        chunks: Sequence[Chunk] = (),
     ) -> None:
         self.net = net
         self.layers = layers
@@ -102,7 +111,7 @@ class CandidateEvaluator:
         self.first_prunable = min(layers.names, key=order.index)
         self.delta = delta
         self.chunks = list(chunks)
-        self.views = [_View(c, _first_computed(c)) for c in self.chunks] or [_View(net, self.first_prunable)]
+        self.views = [_View(c.net, _first_computed(c.net)) for c in self.chunks] or [_View(net, self.first_prunable)]
         self.images = sum(v.images for v in self.views)
         self.total = layers.total()
         self.fixed_remaining = layers.remaining() - sum(layers.remaining(n) for n in self.selected)
@@ -122,10 +131,9 @@ class CandidateEvaluator:
         with self.layers.masked():
             self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.selected}
             self._version = {n: 0 for n in self.selected}
-            for part in self.chunks:  # this search's batch, cut into the chunks
-                (lo, hi), tops = part.olmp_slice
-                for t in tops:
-                    part.blobs[t].data[...] = self.net.blobs[t].data[lo:hi]
+            for c in self.chunks:  # this search's batch, cut into the chunks
+                for t in c.inputs:
+                    c.net.blobs[t].data[...] = self.net.blobs[t].data[c.lo:c.hi]
             for v in self.views:  # every layer may have moved since the last step
                 v.run(v.start, self._version)
             self.reference_accuracy = sum(v.correct for v in self.views) / self.images

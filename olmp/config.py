@@ -184,7 +184,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if not s.bounds[0] < s.bounds[1]:
         fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
     for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
-                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1), ("search.chunks", s.chunks, 1),
+                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1),
+                        ("search.chunks", s.chunks, 1),
                         ("pipeline.niter", p.niter, 1),
                         ("pipeline.record_every", p.record_every, 1),
                         ("pipeline.checkpoint_every", p.checkpoint_every, 1)):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, train, weights
 from olmp.adjusting import MaskedLayers
-from olmp.candidate import CandidateEvaluator, chunk_nets
+from olmp.candidate import CandidateEvaluator, Chunk, chunk_nets
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 from olmp.parallel import WorkerPool
@@ -93,7 +93,7 @@ class Pipeline:
             self.eval_net, self.eval_param = self._validation_net(exp.search.validation_images), pb.TEST
         else:
             self.eval_net, self.eval_param = self.net, pb.TRAIN
-        self.chunks = []
+        self.chunks: list[Chunk] = []
         if exp.method == "olmp" and exp.search.chunks > 1:  # scored chunk by chunk (olmp/candidate.py)
             try:
                 self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)

@@ -216,7 +216,8 @@ def test_chunked_evaluation_decides_like_the_whole_batch(lenet5_model: Path) -> 
     stats = {n: layer_stats(net.params[n][0].data, net.params[n][1].data) for n in layers.names}
     param = prototxt.read_net("models/lenet5/train_test.prototxt")
     parts = chunk_nets(net, param, caffe_bridge.caffe_pb2().TRAIN, 4)
-    assert [p.blobs["data"].data.shape[0] for p in parts] == [16, 16, 16, 16]
+    assert [(c.lo, c.hi, c.net.blobs["data"].data.shape[0]) for c in parts] == [(16 * i, 16 * i + 16, 16)
+                                                                                for i in range(4)]
     rng = np.random.default_rng(5)
     selected = ["conv1", "conv2", "ip1", "ip2"]
     crates = [rng.uniform(0, 3, 4) for _ in range(16)] + [np.zeros(4), np.full(4, 8.0), np.zeros(4)]
