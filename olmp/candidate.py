@@ -59,7 +59,8 @@ class _View:
         self.versions = dict(versions)
 
 
-def _first_computed(net: Any) -> str:
+def first_computed(net: Any) -> str:
+    """The first layer that is not an Input layer: where a net with Input layers starts computing."""
     return next(n for n, lay in zip(net._layer_names, net.layers) if lay.type != "Input")
 
 
@@ -111,7 +112,7 @@ class CandidateEvaluator:
         self.first_prunable = min(layers.names, key=order.index)
         self.delta = delta
         self.chunks = list(chunks)
-        self.views = [_View(c.net, _first_computed(c.net)) for c in self.chunks] or [_View(net, self.first_prunable)]
+        self.views = [_View(c.net, first_computed(c.net)) for c in self.chunks] or [_View(net, self.first_prunable)]
         self.images = sum(v.images for v in self.views)
         self.total = layers.total()
         self.fixed_remaining = layers.remaining() - sum(layers.remaining(n) for n in self.selected)

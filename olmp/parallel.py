@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from olmp.candidate import CandidateEvaluator, Evaluation
+from olmp.candidate import CandidateEvaluator, Evaluation, chunk_nets, first_computed
 
 
 def input_net_param(net_param: Any, phase: int, shapes: dict[str, tuple[int, ...]]) -> Any:
@@ -50,7 +50,6 @@ def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str], chunks: i
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from olmp import caffe_bridge  # noqa: PLC0415
     from olmp.adjusting import MaskedLayers  # noqa: PLC0415
-    from olmp.candidate import chunk_nets  # noqa: PLC0415
 
     param = caffe_bridge.caffe_pb2().NetParameter()
     param.ParseFromString(net_param_bytes)
@@ -73,8 +72,7 @@ def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str], chunks: i
                     live[...] = value
             for top, value in state["inputs"].items():
                 net.blobs[top].data[...] = value
-            first = next(n for n, lay in zip(net._layer_names, net.layers) if lay.type != "Input")
-            net.forward(start=first)  # the activations below the prunable layers, once per search
+            net.forward(start=first_computed(net))  # the activations below the prunable layers, once per search
             evaluator = CandidateEvaluator(net, layers, state["stats"], state["selected"], state["delta"], parts)
             session = evaluator.session()
             session.__enter__()
