@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,15 +55,21 @@ def test_shipped_experiment_files_load() -> None:
             assert (REPO / "scripts" / "experiments" / f"{model}_{suffix}.toml").is_file()
 
 
-def test_momentum_would_revive_pruned_weights_unless_zeroed(lenet300100_model: Path) -> None:
-    """Without straight-through, W stays exactly 0 under the mask after every solver step."""
+def _frozen_solver(model: Path) -> tuple[Any, MaskedLayers]:
+    """A LeNet-300-100 solver from ``model`` whose pruned weights stay at zero (no straight-through)."""
     sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
     sp.random_seed = 1
     sp.test_interval = 2**31 - 1
     solver = caffe_bridge.make_solver(sp)
-    weights.load_weights(solver.net, lenet300100_model)
+    weights.load_weights(solver.net, model)
     layers = MaskedLayers(solver.net, LAYERS, straight_through=False)
     layers.attach(solver)
+    return solver, layers
+
+
+def test_momentum_would_revive_pruned_weights_unless_zeroed(lenet300100_model: Path) -> None:
+    """Without straight-through, W stays exactly 0 under the mask after every solver step."""
+    solver, layers = _frozen_solver(lenet300100_model)
     solver.step(5)  # dense steps: the momentum history is nonzero everywhere
     rng = np.random.default_rng(0)
     for n in LAYERS:
@@ -77,20 +84,13 @@ def test_momentum_would_revive_pruned_weights_unless_zeroed(lenet300100_model: P
     assert any(np.any(w[m == 0] != 0) for n in LAYERS for w, m in zip(layers.dense(n), layers.masks[n]))
 
 
-
 def test_frozen_weights_train_as_with_masked_gradients(lenet300100_model: Path) -> None:
     """Gradients are left unmasked (no subnormal momentum); the kept weights must not notice."""
     rng = np.random.default_rng(0)
     masks = {n: None for n in LAYERS}
     nets = []
     for mask_gradients in (False, True):
-        sp = prototxt.read_solver("solvers/lenet300100_solver.prototxt")
-        sp.random_seed = 1
-        sp.test_interval = 2**31 - 1
-        solver = caffe_bridge.make_solver(sp)
-        weights.load_weights(solver.net, lenet300100_model)
-        layers = MaskedLayers(solver.net, LAYERS, straight_through=False)
-        layers.attach(solver)
+        solver, layers = _frozen_solver(lenet300100_model)
         if mask_gradients:
             def mask(net=solver.net, lay=layers) -> None:  # noqa: ANN001
                 for n in LAYERS:
