@@ -18,7 +18,7 @@ nor their momentum history can revive them. The gradients are deliberately left
 unmasked: a masked (zero) gradient lets the momentum history of pruned weights decay
 as 0.9^n into float32 subnormals, where it sticks (0.9 x the smallest subnormal
 rounds back to it) and slows every later step (96% of LeNet-5's history was subnormal
-at iteration 27,000; benchmarks/bench.py measures the cost). Each weight's update reads
+at iteration 27,000; benchmarks/frozen_step.py measures the cost). Each weight's update reads
 only its own gradient and history, so the kept weights train exactly as with masked
 gradients (a solver that clips gradients by their global norm would see the difference).
 """

@@ -23,28 +23,6 @@ import numpy as np
 from olmp.candidate import CandidateEvaluator, Evaluation, chunk_nets, first_computed
 
 
-def input_net_param(net_param: Any, phase: int, shapes: dict[str, tuple[int, ...]]) -> Any:
-    """The layers of ``phase`` with every data layer (a layer without bottoms) turned into an Input layer."""
-    from olmp import caffe_bridge, prototxt  # noqa: PLC0415
-
-    pb = caffe_bridge.caffe_pb2()
-    out = pb.NetParameter()
-    out.name = net_param.name
-    for layer in prototxt.layers_in_phase(net_param, phase):
-        if layer.bottom:
-            new = out.layer.add()
-            new.CopyFrom(layer)
-            del new.include[:]
-            del new.exclude[:]
-            continue
-        new = out.layer.add()
-        new.name, new.type = layer.name, "Input"
-        for top in layer.top:
-            new.top.append(top)
-            new.input_param.shape.add().dim.extend(shapes[top])
-    return out
-
-
 def _worker(conn: Any, net_param_bytes: bytes, layer_names: list[str], chunks: int) -> None:
     """A worker's loop: ("search", state) opens a session, ("eval", xs) scores, ("end",) closes it."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -98,7 +76,7 @@ class WorkerPool:
         self.net = net
         data_tops = [t for lay in prototxt.layers_in_phase(net_param, phase) if not lay.bottom for t in lay.top]
         self.inputs = data_tops
-        param = input_net_param(net_param, phase, {t: tuple(net.blobs[t].data.shape) for t in data_tops})
+        param = prototxt.input_net_param(net_param, phase, {t: tuple(net.blobs[t].data.shape) for t in data_tops})
         ctx = mp.get_context("spawn")
         self._conns = []
         self._procs = []

@@ -218,3 +218,23 @@ def prunable_layer_names(net: Any) -> list[str]:
 
 def to_text(message: Any) -> str:
     return text_format.MessageToString(message)
+
+
+def input_net_param(net_param: Any, phase: int, shapes: dict[str, tuple[int, ...]]) -> Any:
+    """The layers of ``phase`` with every data layer (a layer without bottoms) turned into an Input layer."""
+    pb = caffe_bridge.caffe_pb2()
+    out = pb.NetParameter()
+    out.name = net_param.name
+    for layer in layers_in_phase(net_param, phase):
+        if layer.bottom:
+            new = out.layer.add()
+            new.CopyFrom(layer)
+            del new.include[:]
+            del new.exclude[:]
+            continue
+        new = out.layer.add()
+        new.name, new.type = layer.name, "Input"
+        for top in layer.top:
+            new.top.append(top)
+            new.input_param.shape.add().dim.extend(shapes[top])
+    return out
