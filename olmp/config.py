@@ -31,6 +31,7 @@ INT_MAX = 2**31 - 1  # Caffe's solver counts iterations (and takes its seed) in 
 @dataclass(frozen=True)
 class SearchConfig:
     every: int = 1000  # K: search every K iterations
+    min_layers: int = 2  # a search needs at least this many selected layers (the paper: 2)
     population: int = 10
     budget: int = 1600  # fitness evaluations per search
     bounds: tuple[float, float] = (0.0, 10.0)  # crate bounds
@@ -193,6 +194,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
             fail(f"{name} must be >= {lo}, got {v}")
     if p.niter >= INT_MAX:
         fail(f"pipeline.niter must be < {INT_MAX}, got {p.niter}")
+    if exp.method == "olmp" and not 1 <= s.min_layers <= len(exp.layers):
+        fail(f"search.min_layers must be in [1, {len(exp.layers)}] (the number of layers), got {s.min_layers}")
     if s.chunks > 1 and s.constraint == "al":
         fail("search.chunks > 1 stops infeasible candidates early with a bound on their accuracy; "
              "constraint = 'al' needs exact margins, use search.chunks = 1")

@@ -169,9 +169,11 @@ def _method(rec: dict[str, Any]) -> str:
 
 
 def _series(rec: dict[str, Any]) -> str:
-    """The trade-off series: the method, and the feasibility estimate where it is not the paper's."""
-    validation = rec.get("experiment", {}).get("search", {}).get("accuracy_on") == "validation"
-    return _method(rec) + (" (validation batch)" if validation and rec.get("method", "olmp") == "olmp" else "")
+    """The trade-off series: the method, and the experiment variant where it is not the paper's setting."""
+    from olmp.reports import variant  # noqa: PLC0415
+
+    tag = variant(rec)
+    return _method(rec) + (f" ({tag})" if tag else "")
 
 
 def median_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -265,9 +267,9 @@ def write_figures(model_dir: str | Path, runs: list[dict[str, Any]],
 
 
 def _own_paper_setting(rec: dict[str, Any]) -> bool:
-    from olmp.reports import own_reference  # noqa: PLC0415
+    from olmp.reports import own_reference, variant  # noqa: PLC0415
 
-    return own_reference(rec) and rec.get("experiment", {}).get("search", {}).get("accuracy_on") != "validation"
+    return own_reference(rec) and variant(rec) is None
 
 
 def write_report_figures(model_dir: str | Path) -> list[Path]:

@@ -178,7 +178,7 @@ class OLMP(Policy):
         run = self.run
         for n in selected:
             run.layers.update(n, threshold(run.stats[n], run.crates[n]))
-        if itr % self.exp.search.every == 0 and len(selected) >= 2:
+        if itr % self.exp.search.every == 0 and len(selected) >= self.exp.search.min_layers:
             run.record["searches"].append(run.search(itr, selected))
 
     def fields(self) -> dict[str, Any]:

@@ -40,14 +40,19 @@ def own_reference(rec: dict[str, Any]) -> bool:
     return paths.external_models_dir().name not in Path(rec["experiment"]["weights"]).parts
 
 
-def group(rec: dict[str, Any]) -> str:
-    """Summary group: the optimizer, with experiment variants and the authors' reference models apart.
-
-    A variant is what follows the model in the experiment's name (``lenet300100-validation``).
-    """
+def variant(rec: dict[str, Any]) -> str | None:
+    """An OLMP run's departure from the paper's settings: what follows the model in the experiment's
+    name (``lenet300100-validation`` -> ``validation``); None for the paper's settings and for baselines
+    (which are named by method)."""
     name = rec["experiment"]["name"]
-    olmp_variant = rec.get("method", "olmp") == "olmp" and "-" in name  # baselines are named by method
-    tags = [name.split("-", 1)[1]] if olmp_variant else []
+    if rec.get("method", "olmp") != "olmp" or "-" not in name:
+        return None
+    return name.split("-", 1)[1]
+
+
+def group(rec: dict[str, Any]) -> str:
+    """Summary group: the optimizer, with experiment variants and the authors' reference models apart."""
+    tags = [variant(rec)] if variant(rec) else []
     if not own_reference(rec):
         tags.append("authors' reference")
     return rec["optimizer"] + (f" ({', '.join(tags)})" if tags else "")

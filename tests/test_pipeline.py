@@ -110,7 +110,8 @@ def test_bad_experiment_values(tmp_path: Path, lenet300100_model: Path) -> None:
     assert (exp.search.delta, exp.baseline.scale, exp.optimizer) == (0.03, 2.0, "cmaes")
     assert "--set search.delta=0.03" in exp.source
     for setting, needle in (("search.delta=-1", "delta"), ("search.delta", "KEY=VALUE"), ("search.nope=1", "unknown key"),
-                            ("a.b.c=1", "KEY=VALUE"), ("pipeline.niter=ten", "niter"), ("search.chunks=0", "chunks")):
+                            ("a.b.c=1", "KEY=VALUE"), ("pipeline.niter=ten", "niter"), ("search.chunks=0", "chunks"),
+                            ("search.min_layers=0", "min_layers"), ("search.min_layers=4", r"min_layers must be in \[1, 3\]")):
         with pytest.raises(OlmpError, match=needle):
             config.load(good, [setting])
     with pytest.raises(OlmpError, match="exact margins"):  # early stops report bounds, cma's AL needs margins
@@ -153,6 +154,20 @@ def test_short_pipeline_prunes_within_delta(tmp_path: Path, lenet300100_model: P
     rows = (tmp_path / "runs.csv").read_text().splitlines()
     assert len(rows) == 2 and f"{rec['final']['ratio']:.2f}".rstrip("0") in rows[1]
     assert (tmp_path / "best" / "pruned.caffemodel").read_bytes() == (tmp_path / "run" / "pruned.caffemodel").read_bytes()
+
+
+def test_one_layer_searches_past_the_paper(tmp_path: Path, lenet300100_model: Path) -> None:
+    """search.min_layers = 1: a search also runs when a single layer is selected; the paper's 2 never does."""
+    path = small_experiment(tmp_path, lenet300100_model, niter=201, prune_stop=200, every=20, budget=12)
+    fast_decay = "pipeline.gamma={ InnerProduct = 0.05 }"  # selection probability 1/(1 + 0.05 itr)
+    counts = {}
+    for least in (1, 2):
+        exp = config.load(path, [f"search.min_layers={least}", fast_decay])
+        rec = pipeline.prune(exp, tmp_path / f"min{least}", progress=False)
+        counts[least] = [len(s["layers"]) for s in rec["searches"]]
+        assert all(s["accuracy_margin"] >= 0 for s in rec["searches"] if s["applied"])
+    assert 1 in counts[1] and min(counts[2]) >= 2
+    assert len(counts[1]) > len(counts[2])
 
 
 def test_second_run_on_a_folder_is_refused(tmp_path: Path, lenet300100_model: Path) -> None:
