@@ -217,7 +217,8 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
         xs = [r["final"]["ratio"] for r in mine]
         ys = [r["final"]["test"]["accuracy"] for r in mine]
         shown = [max(y, floor) for y in ys]
-        ax.scatter(xs, shown, s=18, color=f"C{i % 10}", label=method, zorder=3)
+        marker = "os^D"[i // 10 % 4]  # ten colours, then the next marker: no two series look alike
+        ax.scatter(xs, shown, s=18, color=f"C{i % 10}", marker=marker, label=method, zorder=3)
         for x, y in zip(xs, ys):
             if y < floor:
                 ax.annotate(f"{y:.4f}", (x, floor), textcoords="offset points", xytext=(3, 3), fontsize=6,
