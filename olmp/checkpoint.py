@@ -22,6 +22,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from olmp import atomic, caffe_bridge, testhook, weights
+from olmp.config import Experiment
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
@@ -114,6 +115,14 @@ def _settings(experiment: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def changed_settings(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
+    """The settings a resume would change. A setting the checkpoint does not name did not exist when
+    it was made, so the run used that setting's default (a new setting's default keeps the old behaviour)."""
+    now, then = _settings(now), _settings(then)
+    defaults = _settings(Experiment(name="", solver="", net="", weights="", layers=()).to_dict())
+    return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k, defaults.get(k)))
+
+
 def _check_history(ss: Any, solver: Any, path: Path) -> None:
     """Caffe aborts (or overruns memory) on a solver history that does not fit the net: check first."""
     sizes = [b.data.size for blobs in solver.net.params.values() for b in blobs]
@@ -143,8 +152,7 @@ def load(
     except (OSError, ValueError, KeyError, TypeError, DecodeError, zipfile.BadZipFile) as exc:
         raise OlmpError(f"unreadable checkpoint ({exc}); remove it to start again", ck) from exc
     if experiment is not None:
-        now, then = _settings(experiment), _settings(made_with)
-        changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+        changed = changed_settings(experiment, made_with)
         if changed:
             raise OlmpError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
                             "same experiment and options, or choose another --out", out)

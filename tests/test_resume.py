@@ -144,3 +144,8 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, lenet300100_model
 def test_a_resume_may_change_only_what_the_result_does_not_depend_on() -> None:
     exp = {"name": "x", "source": "a.toml", "search": {"workers": 4, "delta": 0.1}, "layers": ("ip1",)}
     assert checkpoint._settings(exp) == {"name": "x", "search.delta": 0.1, "layers": ["ip1"]}
+    # a checkpoint from before a setting existed ran with its default: resumable while the default holds
+    older = {"name": "x", "search": {"delta": 0.1}, "layers": ("ip1",)}
+    assert checkpoint.changed_settings({**older, "search": {"delta": 0.1, "min_layers": 2}}, older) == []
+    assert checkpoint.changed_settings({**older, "search": {"delta": 0.1, "min_layers": 1}}, older) == ["search.min_layers"]
+    assert checkpoint.changed_settings({**older, "search": {"delta": 0.2, "min_layers": 2}}, older) == ["search.delta"]
