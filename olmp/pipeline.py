@@ -5,7 +5,7 @@
         each layer is "selected" with probability 1 / (1 + gamma_l * itr)
         if itr < prune_stop_iter:
             selected layers get a mask update with their current crate
-            if itr % K == 0 and at least 2 layers are selected:   (search.min_layers)
+            if itr % K == 0 and at least 2 layers (search.min_layers) are selected:
                 search the crates of the selected layers (others fixed),
                 starting from the current crates; apply the best crates
         one SGD step ("adjusting" before prune_stop_iter, "retraining" after)

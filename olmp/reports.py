@@ -52,7 +52,7 @@ def variant(rec: dict[str, Any]) -> str | None:
 
 def group(rec: dict[str, Any]) -> str:
     """Summary group: the optimizer, with experiment variants and the authors' reference models apart."""
-    tags = [variant(rec)] if variant(rec) else []
+    tags = [t for t in (variant(rec),) if t]
     if not own_reference(rec):
         tags.append("authors' reference")
     return rec["optimizer"] + (f" ({', '.join(tags)})" if tags else "")
