@@ -94,6 +94,8 @@ def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Chunk]
 class CandidateEvaluator:
     """Scores crates of the selected layers; use inside ``session()`` only."""
 
+    scores_start = False  # the search's best starts empty (standard mode)
+
     def __init__(
         self,
         net: Any,
@@ -186,3 +188,88 @@ class CandidateEvaluator:
                 return Evaluation(remaining / self.total, best, best - floor)  # infeasible whatever the rest says
         acc = (self.images - wrong) / self.images
         return Evaluation(remaining / self.total, acc, acc - floor)
+
+
+class CumulativeEvaluator:
+    """The released scripts' candidate evaluation (reference doc §9): nothing is put back.
+
+    For each candidate every prunable layer gets the §2 mask update on the LIVE masks (a
+    selected layer with the candidate's crate, the others with their current crate), the net
+    re-runs on the same minibatch, and the masks stay as they are: the masks after candidate k
+    are where candidate k+1 starts, so hysteresis-band weights pruned by an aggressive candidate
+    stay pruned. The size counted is the mask state right after the candidate's update.
+
+    The search starts from the current crates evaluated once (``scores_start``), and afterwards
+    the best crates are applied to every layer on top of the masks the last candidate left
+    (``conclude``). Re-running from the first layer whose mask changed is exact: the layers
+    below it see the same weights and the same minibatch.
+    """
+
+    scores_start = True
+
+    def __init__(
+        self,
+        net: Any,
+        layers: MaskedLayers,
+        stats: dict[str, LayerStats],
+        selected: Sequence[str],
+        delta: float,
+        crates: dict[str, float],
+    ) -> None:
+        self.net = net
+        self.layers = layers
+        self.stats = stats
+        order = list(net._layer_names)
+        self.order = sorted(layers.names, key=order.index)
+        self.selected = list(selected)
+        self.delta = delta
+        self.current = dict(crates)
+        self.view = _View(net, self.order[0])
+        self.total = layers.total()
+        self.reference_accuracy = float("nan")
+        self.evaluations = 0
+        self.forwards = 0
+        self._absw: dict[str, list[np.ndarray]] = {}
+        self._scratch = {n: [np.empty(m.shape, dtype=bool) for m in layers.masks[n]] for n in self.order}
+        self._count = {n: layers.remaining(n) for n in self.order}
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator["CumulativeEvaluator"]:
+        """Mask the net and measure the current model on the minibatch; the live masks keep every change."""
+        with self.layers.masked():
+            self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.order}
+            self.view.run(self.view.start, {})
+            self.reference_accuracy = self.view.correct / self.view.images
+            yield self
+
+    def __call__(self, crates: Sequence[float], whole_batch: bool = False) -> Evaluation:
+        """Update every layer's live mask for ``crates`` (selected layers), re-run, and score."""
+        values = {**self.current, **dict(zip(self.selected, (float(c) for c in crates)))}
+        first_changed = None
+        for n in self.order:
+            t = threshold(self.stats[n], values[n])
+            changed = False
+            for absw, m, new in zip(self._absw[n], self.layers.masks[n], self._scratch[n]):
+                mask_rule.keep(absw, m, t, new)
+                if not np.array_equal(new, m):
+                    np.copyto(m, new, casting="unsafe")
+                    changed = True
+            if changed:
+                for blob, w, m in zip(self.layers.data(n), self.layers.dense(n), self.layers.masks[n]):
+                    np.multiply(w, m, out=blob)
+                self._count[n] = self.layers.remaining(n)
+                first_changed = first_changed or n
+        self.evaluations += 1
+        if first_changed is not None:
+            self.view.run(first_changed, {})
+            self.forwards += 1
+        acc = self.view.correct / self.view.images
+        floor = self.reference_accuracy - self.delta
+        return Evaluation(sum(self._count.values()) / self.total, acc, acc - floor)
+
+    def conclude(self, best: np.ndarray, crates: dict[str, float]) -> None:
+        """Write the best crates and give EVERY layer its mask update, on the masks the last candidate left."""
+        for n, c in zip(self.selected, best):
+            crates[n] = float(c)
+        for n in self.order:
+            self.layers.update(n, threshold(self.stats[n], crates[n]))

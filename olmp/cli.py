@@ -127,6 +127,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transplant(args: argparse.Namespace) -> int:
+    from olmp import transplant
+
+    if args.table:
+        res = transplant.write_table(args.table)
+        print(f"{args.table}: mask-transplant.json and .md from {res['rows']} records")
+        return 0
+    if not (args.experiment and args.masks and args.weights and args.out):
+        raise OlmpError("transplant needs --experiment, --masks, --weights and --out (or --table DIR)")
+    from olmp import config
+
+    exp = config.load(args.experiment)
+    rec = transplant.run(exp, args.masks, args.weights, args.out, progress=not args.quiet)
+    _print_json({k: rec[k] for k in ("ratio", "test_before", "test_final")}, True,
+                lambda r: f"{args.out}: {r['ratio']:.1f}x, test accuracy {r['test_before']:.4f} before "
+                f"and {r['test_final']:.4f} after retraining with frozen masks")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from olmp import figures, reports
 
@@ -211,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     _gpu_option(r)
     r.set_defaults(func=cmd_prune)
+
+    tp = sub.add_parser("transplant", help="retrain one model's masks on another's weights (masks frozen)")
+    tp.add_argument("--experiment", help="TOML file or name: solver, layers, retraining phase")
+    tp.add_argument("--masks", help="caffemodel whose masks (or nonzeros) are taken")
+    tp.add_argument("--weights", help="caffemodel whose weights are retrained under them")
+    tp.add_argument("--out", help="folder for record.json")
+    tp.add_argument("--table", metavar="DIR", help="write DIR/mask-transplant.{json,md} from DIR/transplant/*/")
+    tp.add_argument("--quiet", action="store_true")
+    _gpu_option(tp)
+    tp.set_defaults(func=cmd_transplant)
 
     rp = sub.add_parser("report", help="regenerate tables and figures from run records (results/<model>)")
     rp.add_argument("dirs", nargs="+")

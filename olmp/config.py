@@ -61,6 +61,7 @@ class PipelineConfig:
     gamma: dict[str, float] = field(default_factory=lambda: {"Convolution": 2e-5, "InnerProduct": 2e-4})
     record_every: int = 500
     checkpoint_every: int = 1000
+    retrain_lr: str = "continue"  # "rewind": the retraining phase restarts the solver's lr schedule at 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class BaselineConfig:
     rounds: int = 5  # deep-compression, global-magnitude, uniform: prune -> retrain rounds
     sparsity: float = 0.0  # global-magnitude, uniform: final fraction of parameters pruned
     gamma: float = 1e-4  # dns: mask update probability (1 + gamma * iter) ** -power
+    gamma_by_type: dict[str, float] = field(default_factory=dict)  # dns: per layer type, overrides gamma
     power: float = 1.0
 
 
@@ -94,6 +96,7 @@ class Experiment:
     optimizer: str = "ncs"
     seed: int = 1
     method: str = "olmp"  # threshold policy: olmp | deep-compression | dns | global-magnitude | uniform
+    mode: str = "standard"  # "released": the authors' scripts exactly (reference doc §9, olmp/draws.py)
     search: SearchConfig = SearchConfig()
     pipeline: PipelineConfig = PipelineConfig()
     baseline: BaselineConfig = BaselineConfig()
@@ -211,6 +214,8 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
         fail("search.sigma: step sizes must be > 0 and the first entry must start at iteration 0")
     if s.constraint not in CONSTRAINTS:
         fail(f"search.constraint must be one of {', '.join(CONSTRAINTS)}, got '{s.constraint}'")
+    if p.retrain_lr not in ("continue", "rewind"):
+        fail(f"pipeline.retrain_lr must be 'continue' or 'rewind', got '{p.retrain_lr}'")
     if s.accuracy_on not in ("minibatch", "validation"):
         fail(f"search.accuracy_on must be 'minibatch' or 'validation', got '{s.accuracy_on}'")
     if s.accuracy_on == "validation" and s.validation_images <= 0:
@@ -220,10 +225,30 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if not 0 <= exp.seed <= INT_MAX:
         fail(f"seed must be in [0, {INT_MAX}], got {exp.seed}")
     _check_baseline(exp, fail)
+    _check_mode(exp, fail)
     least = MIN_POPULATION.get(exp.optimizer, 1)
     if exp.method == "olmp" and s.population < least:
         fail(f"search.population must be >= {least} for {exp.optimizer}, got {s.population}")
     return exp
+
+
+def _check_mode(exp: Experiment, fail: Any) -> None:
+    """The released mode re-enacts the scripts' search; only what they did is accepted with it."""
+    from olmp.draws import MODES  # noqa: PLC0415
+
+    if exp.mode not in MODES:
+        fail(f"unknown mode '{exp.mode}' (choose from {', '.join(MODES)})")
+    if exp.mode != "released":
+        return
+    s = exp.search
+    for ok, why in ((exp.method == "olmp", "method = 'olmp'"),
+                    (exp.optimizer == "sampling", "optimizer = 'sampling' (what the released NCS effectively ran)"),
+                    (s.accuracy_on == "minibatch", "search.accuracy_on = 'minibatch'"),
+                    (s.constraint == "penalty", "search.constraint = 'penalty'"),
+                    (s.chunks == 1 and s.workers == 1, "search.chunks = 1 and search.workers = 1"),
+                    (s.budget % s.population == 0, "search.budget a multiple of search.population")):
+        if not ok:
+            fail(f"mode = 'released' needs {why}")
 
 
 def _check_baseline(exp: Experiment, fail: Any) -> None:
@@ -248,6 +273,8 @@ def _check_baseline(exp: Experiment, fail: Any) -> None:
         fail(f"baseline.sparsity must be in (0, 1) for {m}, got {b.sparsity}")
     if b.gamma < 0 or b.power < 0:
         fail("baseline.gamma and baseline.power must be >= 0")
+    if set(b.gamma_by_type) - {"Convolution", "InnerProduct"} or any(g < 0 for g in b.gamma_by_type.values()):
+        fail("baseline.gamma_by_type must map Convolution/InnerProduct to numbers >= 0")
 
 
 def _override(raw: dict[str, Any], setting: str, path: Path) -> None:
@@ -293,7 +320,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     unknown = sorted(set(top) - {f.name for f in dataclasses.fields(Experiment)} - {"source"})
     if unknown:
         raise OlmpError(f"unknown key(s) {', '.join(unknown)}", path)
-    for key in ("name", "solver", "net", "weights", "optimizer", "method"):
+    for key in ("name", "solver", "net", "weights", "optimizer", "method", "mode"):
         if key in top and not isinstance(top[key], str):
             raise OlmpError(f"{key} must be a string, got {top[key]!r}", path)
     if not isinstance(top["layers"], list) or not all(isinstance(x, str) for x in top["layers"]):

@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, testhook, train, weights
+from olmp import atomic, caffe_bridge, checkpoint, draws, evaluate, prototxt, testhook, train, weights
 from olmp.adjusting import MaskedLayers
-from olmp.candidate import CandidateEvaluator, Chunk, chunk_nets
+from olmp.candidate import CandidateEvaluator, Chunk, CumulativeEvaluator, chunk_nets
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 from olmp.parallel import WorkerPool
@@ -105,13 +105,14 @@ class Pipeline:
                 raise OlmpError("search.workers > 1 runs CPU worker processes; use 1 with --gpu", exp.source)
             self.pool = WorkerPool(exp.search.workers, self.eval_net, self._eval_net_param, self.eval_param,
                                    exp.layers, exp.search.chunks)
-        self.rng = np.random.default_rng(exp.seed)
+        self.draws = draws.make_draws(exp.mode, exp.seed)
         self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
         self.test_batches = 0
         self.record: dict[str, Any] = {}
         self.sgd_seconds = 0.0
         self.search_seconds = 0.0
         self.wall_seconds = 0.0  # over all sessions of a resumed run
+        self.rewound = 0  # solver iterations taken back by a learning-rate rewind (the data layer read them)
         self.policy = policy_class(self)
 
     # -- pieces ----------------------------------------------------------------------------
@@ -173,20 +174,58 @@ class Pipeline:
                 self.exp.solver,
             )
 
+    def _rewind_learning_rate(self) -> None:
+        """Retraining lever: restart the solver's learning-rate schedule at iteration 0.
+
+        Learning-rate rewinding (Renda et al. 2020): the retraining phase gets the schedule's early,
+        larger rates instead of its tail. Weights and momentum are kept; Caffe holds the iteration
+        only in its solver state, so the state is snapshotted, its iteration set to 0 and restored.
+        """
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        snap = self.out / checkpoint.SNAPSHOT
+        shutil.rmtree(snap, ignore_errors=True)
+        snap.mkdir()
+        try:
+            self.solver.snapshot()
+            ss = caffe_bridge.caffe_pb2().SolverState()
+            ss.ParseFromString(next(snap.glob("*.solverstate")).read_bytes())
+        finally:
+            shutil.rmtree(snap, ignore_errors=True)
+        self.rewound += int(ss.iter)
+        ss.iter = 0
+        ss.ClearField("learned_net")  # the live weights stay as they are
+        with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
+            fh.write(ss.SerializeToString())
+            fh.flush()
+            self.solver.restore(fh.name)
+        self.record["rewound_at"] = {"iteration": self.exp.pipeline.prune_stop_iter, "solver_iterations": self.rewound}
+
     def search(self, itr: int, selected: list[str]) -> dict[str, Any]:
         """Search the crates of the selected layers, starting from the current crates."""
         s = self.exp.search
         t0 = time.perf_counter()
-        seed = int(self.rng.integers(2**31 - 1))
+        seed, shared_rng = self.draws.for_search()
         x0 = np.array([self.crates[n] for n in selected])
         options = {"constraint_handling": s.constraint} if self.exp.optimizer == "cmaes" else {}
+        released = self.exp.mode == "released"
+        if released:
+            options["released"] = True  # §9 clipping and draw order (config: sampling only)
         opt = make_optimizer(self.exp.optimizer, x0, s.sigma_at(itr), s.bounds, s.population, s.budget, seed,
-                             **options)
-        evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.chunks)
+                             rng=shared_rng, **options)
+        if released:
+            evaluator = CumulativeEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.crates)
+        else:
+            evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.chunks)
         size_before = self.layers.size()
         trace = []
         best_margin = None
         with evaluator.session(), self._population_scorer(evaluator) as score:
+            if evaluator.scores_start:  # the current crates' fitness is the best to beat (§9)
+                start = evaluator(x0)
+                opt.start_from(x0, start.size if start.feasible else s.infeasible_fitness)
+                best_margin = start.margin
             while not opt.stop():
                 xs = opt.ask()
                 if not xs:
@@ -202,12 +241,17 @@ class Pipeline:
                 res = opt.result
                 trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])
             res = opt.result
-            if res.xbest is not None:
+            if evaluator.scores_start:
+                best_margin = None  # the released scripts never re-check the best
+            elif res.xbest is not None:
                 best = evaluator(res.xbest, whole_batch=True)
                 best_margin = best.margin
             ref_acc = evaluator.reference_accuracy
         applied = res.xbest is not None and best_margin is not None and best_margin >= 0 and res.fbest <= size_before
-        if applied:
+        if evaluator.scores_start:
+            applied = True  # the best (or the starting crates) always, on the masks the last candidate left
+            evaluator.conclude(res.xbest, self.crates)
+        elif applied:
             for n, c in zip(selected, res.xbest):
                 self.crates[n] = float(c)
                 self.layers.update(n, threshold(self.stats[n], float(c)))
@@ -253,13 +297,14 @@ class Pipeline:
         return {
             "next_itr": next_itr,
             "crates": self.crates,
-            "rng": self.rng.bit_generator.state,
+            "rng": self.draws.state(),
             "test_batches": self.test_batches,
             "record": self.record,
             "sgd_seconds": self.sgd_seconds,
             "search_seconds": self.search_seconds,
             "wall_seconds": self.wall_seconds + time.perf_counter() - self._wall0,
             "policy": self.policy.state(),
+            **({"rewound": self.rewound} if self.rewound else {}),
         }
 
     def _save_checkpoint(self, next_itr: int) -> None:
@@ -269,14 +314,15 @@ class Pipeline:
         mask_state, state = checkpoint.load(self.out, self.solver, self.exp.to_dict())
         self.layers.load_state(mask_state)
         self.crates = {k: float(v) for k, v in state["crates"].items()}
-        self.rng.bit_generator.state = state["rng"]
+        self.draws.load_state(state["rng"])
         self.record = state["record"]
         self.sgd_seconds = state["sgd_seconds"]
         self.search_seconds = state["search_seconds"]
         self.wall_seconds = state.get("wall_seconds", 0.0)
         self.policy.load_state(state.get("policy", {}))
         # data layers have no saved cursor: replay them to where the killed run stood
-        for _ in range(self.solver.iter):
+        self.rewound = int(state.get("rewound", 0))
+        for _ in range(self.solver.iter + self.rewound):
             self.net.forward(end=self.data_layer)
         for _ in range(state["test_batches"]):
             self.test_net.forward(end=self.test_net._layer_names[0])
@@ -306,6 +352,7 @@ class Pipeline:
                 "reference": {"weights": exp.weights, "test": reference_test,
                               "stats": {n: vars(st) for n, st in self.stats.items()}},
                 "searches": [],
+                "selections": {n: 0 for n in exp.layers},  # iterations each layer was selected (all niter)
                 "progress": [],
                 "finished": False,
             }
@@ -319,10 +366,15 @@ class Pipeline:
         bar = tqdm(total=p.niter, initial=start, desc=f"olmp {exp.name} {self.record['optimizer']} s{exp.seed}",
                    unit="it", disable=not self.progress, mininterval=1.0)
         for itr in range(start, p.niter):
-            draws = self.rng.random(len(exp.layers))
-            selected = [n for n, u in zip(exp.layers, draws) if u < self.policy.selection_probability(n, itr)]
+            u = self.draws.selection(len(exp.layers))
+            selected = [n for n, d in zip(exp.layers, u) if d < self.policy.selection_probability(n, itr)]
+            counts = self.record.setdefault("selections", {n: 0 for n in exp.layers})
+            for n in selected:
+                counts[n] += 1
             if itr < p.prune_stop_iter:
                 self.policy.prune(itr, selected)
+            elif itr == p.prune_stop_iter and p.retrain_lr == "rewind":
+                self._rewind_learning_rate()
             self.sgd_step(itr)
             testhook.kill_at("sgd", itr)
             if itr % p.record_every == 0 or itr == p.niter - 1:

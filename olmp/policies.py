@@ -198,7 +198,8 @@ class DNS(Policy):
 
     def selection_probability(self, layer: str, itr: int) -> float:
         b = self.exp.baseline
-        return (1.0 + b.gamma * itr) ** -b.power
+        gamma = b.gamma_by_type.get(self.run.types[layer], b.gamma)
+        return (1.0 + gamma * itr) ** -b.power
 
     def prune(self, itr: int, selected: list[str]) -> None:
         run = self.run

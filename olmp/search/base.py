@@ -79,8 +79,10 @@ class Optimizer(OOOptimizer, abc.ABC):
         popsize: int,
         budget: int,
         seed: int,
+        rng: np.random.RandomState | None = None,
         **options: Any,
     ) -> None:
+        self._shared_rng = rng  # released mode (§9): draw from the run's one stream, not our own
         x0 = np.array(x0, dtype=np.float64)
         if x0.ndim != 1 or x0.size == 0:
             raise OlmpError(f"x0 must be a non-empty 1-D array, got shape {x0.shape}")
@@ -132,7 +134,7 @@ class Optimizer(OOOptimizer, abc.ABC):
     def initialize(self) -> None:
         """(Re)set to the initial state: same seed, same run."""
         self.x0 = np.array(self.xstart, dtype=np.float64)
-        self.rng = np.random.default_rng(self.seed)
+        self.rng = self._shared_rng if self._shared_rng is not None else np.random.default_rng(self.seed)
         self.evaluations = 0
         self.countiter = 0
         self._asked: np.ndarray | None = None
@@ -198,6 +200,11 @@ class Optimizer(OOOptimizer, abc.ABC):
     def result(self) -> SearchResult:
         xbest = None if self._xbest is None else self._xbest.copy()
         return SearchResult(xbest, float(self._fbest), self.evaluations)
+
+    def start_from(self, x: ArrayLike, f: float) -> None:
+        """Make (x, f) the best so far: the released search starts from the current crates' fitness (§9)."""
+        self._xbest = np.array(x, dtype=np.float64)
+        self._fbest = float(f)
 
     def disp(self, modulo: int | None = None) -> None:
         """Print one progress line every `modulo` iterations; quiet when None or 0."""

@@ -1,0 +1,161 @@
+"""Mask transplant: is a pruned model's accuracy limited by its masks or by its retraining?
+
+One model's masks go onto another model's weights, and Caffe's solver retrains with the
+masks frozen for the pipeline's retraining phase: the experiment's solver, its learning-rate
+schedule picked up where OLMP stops pruning (solver iteration ``prune_stop_iter + 1``, fresh
+momentum), the training minibatches the pipeline would read from there, and
+``niter - prune_stop_iter`` steps. Pruned weights never reach the forward pass. Comparing
+mask sources on the same weights, and weight sources under the same masks, separates the two.
+
+    olmp transplant --experiment lenet5 --masks M.caffemodel --weights W.caffemodel --out DIR
+    olmp transplant --table results/diagnosis      # mask-transplant.json and .md from the records
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from olmp import atomic, caffe_bridge, evaluate, prototxt, train, weights
+from olmp.adjusting import MaskedLayers
+from olmp.config import Experiment
+from olmp.errors import OlmpError
+
+TEST_EVERY = 1000  # solver steps between test-set points of the retraining curve
+
+
+def masks_of(path: str | Path, layers: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+    """A model's masks: the mask blobs of a 4-blob fork file, else its nonzero entries."""
+    model = weights.read_caffemodel(path)
+    out = {}
+    for n in layers:
+        if n not in model.layers:
+            raise OlmpError(f"no layer '{n}' to take masks from (file has: {', '.join(model.layers)})", path)
+        lp = model.layers[n]
+        out[n] = [(m != 0).astype(np.float32) for m in (lp.masks if lp.masks is not None else lp.blobs)]
+    return out
+
+
+def _set_iteration(solver: Any, iteration: int) -> None:
+    """Put the solver at ``iteration`` with zero momentum (a SolverState restored through Caffe)."""
+    import tempfile  # noqa: PLC0415
+
+    pb = caffe_bridge.caffe_pb2()
+    ss = pb.SolverState()
+    ss.iter = iteration
+    ss.current_step = 0
+    for blobs in solver.net.params.values():
+        for b in blobs:
+            h = ss.history.add()
+            h.shape.dim.extend(b.data.shape)
+            h.data.extend(np.zeros(b.data.size, dtype=np.float32).tolist())
+    with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
+        fh.write(ss.SerializeToString())
+        fh.flush()
+        solver.restore(fh.name)
+
+
+def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Retrain ``weights_path`` under the frozen masks of ``masks_path``; return the record."""
+    p = exp.pipeline
+    start_iter, steps = p.prune_stop_iter + 1, p.niter - p.prune_stop_iter
+    sp = prototxt.read_solver(exp.solver)
+    sp.random_seed = exp.seed
+    sp.test_interval = 2**31 - 1
+    sp.test_initialization = False
+    sp.display = 0
+    sp.snapshot = 0
+    sp.max_iter = start_iter + steps
+    caffe_bridge.set_random_seed(exp.seed)
+    solver = caffe_bridge.make_solver(sp, source=exp.solver)
+    net, test_net = solver.net, solver.test_nets[0]
+    test_net.share_with(net)
+    weights.load_weights(net, prototxt.resolve_path(weights_path))
+    masks = masks_of(prototxt.resolve_path(masks_path), exp.layers)
+    layers = MaskedLayers(net, exp.layers)
+    weights.check_against_net(weights.read_caffemodel(prototxt.resolve_path(masks_path)), net)
+    for n in exp.layers:
+        layers.set_masks(n, masks[n])
+    layers.attach(solver)
+    _set_iteration(solver, start_iter)
+    data_layer = net._layer_names[0]
+    for _ in range(start_iter):  # the minibatches the pipeline read before its retraining phase
+        net.forward(end=data_layer)
+    images = evaluate.test_set_size(sp.net_param)
+
+    def test() -> float:
+        with layers.masked():
+            return evaluate.evaluate_net(test_net, images)["accuracy"]
+
+    curve = [{"iteration": int(solver.iter), "test_accuracy": test()}]
+    t0 = time.perf_counter()
+    for k in tqdm(range(steps), desc=f"transplant {Path(masks_path).stem} on {Path(weights_path).stem}",
+                  unit="it", disable=not progress, mininterval=1.0):
+        solver.step(1)
+        why = train.divergence(net, exp.layers)
+        if why:
+            raise OlmpError(f"retraining diverged at step {k} ({why})", exp.solver)
+        if (k + 1) % TEST_EVERY == 0 or k + 1 == steps:
+            curve.append({"iteration": int(solver.iter), "test_accuracy": test()})
+    total, remaining = layers.total(), layers.remaining()
+    return {
+        "experiment": exp.source,
+        "masks": str(masks_path),
+        "weights": str(weights_path),
+        "solver_iterations": [start_iter, start_iter + steps],
+        "remaining": remaining,
+        "ratio": total / max(remaining, 1),
+        "test_before": curve[0]["test_accuracy"],
+        "test_final": curve[-1]["test_accuracy"],
+        "test_best_over_curve": max(c["test_accuracy"] for c in curve),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def run(exp: Experiment, masks_path: str, weights_path: str, out: Path, progress: bool = True) -> dict[str, Any]:
+    """``olmp transplant``: one record.json per (masks, weights) pair; a finished one is returned as is."""
+    rec_path = Path(out) / "record.json"
+    if rec_path.is_file():
+        rec = json.loads(rec_path.read_text())
+        if (rec.get("masks"), rec.get("weights"), rec.get("experiment")) == (masks_path, weights_path, exp.source):
+            return rec
+        raise OlmpError("holds a transplant record of other inputs; choose another --out", out)
+    rec = retrain(exp, masks_path, weights_path, progress)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic.write_json(rec_path, rec)
+    return rec
+
+
+def write_table(folder: str | Path) -> dict[str, Any]:
+    """mask-transplant.json and .md from every ``*/record.json`` under ``folder``/transplant."""
+    folder = Path(folder)
+    rows = []
+    for p in sorted((folder / "transplant").glob("*/record.json")):
+        r = json.loads(p.read_text())
+        rows.append({"run": p.parent.name, **{k: r[k] for k in ("masks", "weights", "ratio", "test_before",
+                                                                 "test_final", "test_best_over_curve")}})
+    if not rows:
+        raise OlmpError("no transplant records (*/record.json) found", folder / "transplant")
+    atomic.write_json(folder / "mask-transplant.json", {"rows": rows})
+    lines = ["| run | masks from | weights from | ratio | test before retraining | final test accuracy "
+             "| best over the curve (chosen on the test set) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | `{r['masks']}` | `{r['weights']}` | {r['ratio']:.1f}x | "
+                     f"{100 * r['test_before']:.2f}% | {100 * r['test_final']:.2f}% | "
+                     f"{100 * r['test_best_over_curve']:.2f}% |")
+    text = (folder / "mask-transplant.md").read_text() if (folder / "mask-transplant.md").is_file() else ""
+    head, sep, tail = text.partition("<!-- table -->")
+    table = "\n".join(lines) + "\n"
+    if sep:  # keep the hand-written paragraphs around the generated table
+        end = tail.find("<!-- /table -->")
+        text = head + sep + "\n" + table + (tail[end:] if end >= 0 else "<!-- /table -->\n")
+    else:
+        text = "# Mask transplant\n\n<!-- table -->\n" + table + "<!-- /table -->\n"
+    atomic.write_text(folder / "mask-transplant.md", text)
+    return {"rows": len(rows)}
