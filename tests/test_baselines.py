@@ -294,3 +294,26 @@ def test_interrupted_baseline_resumes_to_the_same_model(tmp_path: Path, lenet300
     a["baseline"].pop("seconds", None)
     b["baseline"].pop("seconds", None)
     assert json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
+def test_best_never_reads_the_test_set(tmp_path: Path) -> None:
+    """best/ is the same whatever the runs' test accuracies say (their records edited in a copy)."""
+    runs = ("cmaes-seed3", "sampling-seed1")
+    for run in runs:
+        shutil.copytree(REPO / "results" / "lenet5" / run, tmp_path / "lenet5" / run)
+    picks = []
+    for low_wins in (False, True):
+        for run in runs:  # make the lower-ratio run the only one that keeps the reference accuracy, or not
+            p = tmp_path / "lenet5" / run / "record.json"
+            rec = json.loads(p.read_text())
+            keeps = low_wins and run == "cmaes-seed3"
+            rec["final"]["test"]["accuracy"] = 0.9999 if keeps else 0.5
+            for entry in rec["progress"]:
+                entry["test_accuracy"] = 0.9999 if keeps else 0.5
+            p.write_text(json.dumps(rec))
+        r = run_olmp("report", str(tmp_path / "lenet5"))
+        assert r.returncode == 0, r.stderr
+        picks.append((tmp_path / "lenet5" / "best" / "SOURCE").read_text().strip())
+        table = (tmp_path / "lenet5" / "runs.csv").read_text()
+        assert "best_progress_test_accuracy_chosen_on_test_set" in table.splitlines()[0]
+    assert picks == ["sampling-seed1", "sampling-seed1"]  # the higher ratio, both times

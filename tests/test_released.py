@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import experiment_300100
+from conftest import experiment_300100, without_timing
 from olmp import caffe_bridge, config, pipeline
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CumulativeEvaluator
@@ -155,3 +155,30 @@ def test_full_run_follows_the_scripts_schedule(tmp_path: Path, lenet300100_model
     assert [(s["iteration"], s["layers"]) for s in rec["searches"]] == [(i, [names[j] for j in c]) for i, c in searches]
     assert len(searches) >= 5 and rec["experiment"]["mode"] == "released"
     assert all(s["seed"] == seed and s["evaluations"] == 31 for s in rec["searches"])  # start + 3 rounds of 10
+
+
+def test_released_run_resumes_to_the_same_model(tmp_path: Path, lenet300100_model: Path) -> None:
+    """The legacy stream's state (key, position, cached gaussian) travels in the checkpoint."""
+    path = released_experiment(tmp_path, lenet300100_model, niter=81, prune_stop=60, every=20, population=5,
+                               budget=20, checkpoint_every=30)
+    exp = config.load(path)
+    whole = pipeline.prune(exp, tmp_path / "whole", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    run = pipeline.Pipeline(exp, tmp_path / "stopped", progress=False)
+    step = run.sgd_step
+
+    def stopping_step(itr: int) -> None:
+        if itr == 45:  # after the checkpoint at 30 and the search at 40
+            raise Stop
+        step(itr)
+
+    run.sgd_step = stopping_step
+    with pytest.raises(Stop):
+        run.run()
+    resumed = pipeline.prune(exp, tmp_path / "stopped", resume=True, progress=False)
+    assert (tmp_path / "whole" / "pruned.caffemodel").read_bytes() == (tmp_path / "stopped" / "pruned.caffemodel").read_bytes()
+    assert without_timing(whole) == without_timing(resumed)
+    assert len(whole["searches"]) >= 2 and all(s["applied"] for s in whole["searches"])
