@@ -165,7 +165,7 @@ def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
     after each), alternating; the two records must be the same apart from their seconds.
     """
     exp = pipe.exp
-    saved = (pipe.rng.bit_generator.state, dict(pipe.crates), pipe.layers.state())
+    saved = (pipe.draws.state(), dict(pipe.crates), pipe.layers.state())
     parts = pipe.chunks
     small = exp.replace(search=exp.search.__class__(**{**vars(exp.search), "budget": budget}))
     pipe.exp, times, records = small, {"whole": [], "chunks": []}, {}
@@ -176,7 +176,7 @@ def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
                 rec = pipe.search(0, list(exp.layers))
                 times[key].append(rec.pop("seconds"))
                 records[key] = rec
-                pipe.rng.bit_generator.state = saved[0]
+                pipe.draws.load_state(saved[0])
                 pipe.crates = dict(saved[1])
                 pipe.layers.load_state(saved[2])
     finally:

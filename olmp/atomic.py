@@ -12,9 +12,67 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+# errors of the file system written to, not of the data: reported against the file the user named
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def check_target(target: str | Path, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that write-then-rename would damage or cannot make.
+
+    A rename over a device or FIFO (``/dev/full``, ``/dev/null``) would replace it with a
+    regular file, so an existing target must be a regular file (a folder with
+    ``folder=True``). Its nearest existing parent must be a folder this process can create
+    files in: that is tried (an empty file made and removed), since as root permission
+    bits say nothing about ``/proc`` or a read-only mount.
+    """
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    target = Path(target)
+    try:
+        st = os.stat(target)  # follows a symlink: a link to a device is refused too
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OlmpError(f"cannot use as an output ({exc.strerror})", target) from None
+    if st is not None:
+        if folder and not stat.S_ISDIR(st.st_mode):
+            raise OlmpError("exists and is not a folder; give a folder to write into", target)
+        if not folder and stat.S_ISDIR(st.st_mode):
+            raise OlmpError("is a folder; give a file name to write", target)
+        if not folder and not stat.S_ISREG(st.st_mode):
+            raise OlmpError("exists and is not a regular file (a device, FIFO or socket); "
+                            "olmp only replaces regular files", target)
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OlmpError(f"cannot be written: {parent} is not a folder", target)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".olmp-probe.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OlmpError(f"cannot be written: {parent} is not writable ({exc.strerror})", target) from None
+    return target
+
+
+def _write_error(exc: OSError, target: Path, tmp: Path) -> "Exception | None":
+    """The one-line error naming ``target`` for a failed write into its temporary ``tmp``."""
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    ours = any(n.startswith(str(tmp)) for n in names)
+    if not ours and not (exc.errno in _WRITE_ERRNOS and not names):
+        return None
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why += " (disk full); nothing was written"
+    return OlmpError(f"cannot write: {why}", target)
 
 
 @contextlib.contextmanager
@@ -25,11 +83,24 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     temporary is removed and ``target`` is left exactly as it was.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    if target.exists() and not target.is_dir():
+        check_target(target)  # never rename over a device or FIFO
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        from olmp.errors import OlmpError  # noqa: PLC0415
+
+        raise OlmpError(f"cannot write into {target.parent}: {exc.strerror or exc}", target) from None
     tmp_target = tmp / target.name
     try:
-        yield tmp_target
+        try:
+            yield tmp_target
+        except OSError as exc:  # a full disk, an I/O error: name the file asked for, not the temporary
+            err = _write_error(exc, target, tmp)
+            if err is None:
+                raise
+            raise err from None
         if tmp_target.is_dir() and target.exists():
             # rename() cannot replace a non-empty directory: swap the two in one step where the
             # kernel can, else via a second name (``clean`` completes a swap cut in the middle)

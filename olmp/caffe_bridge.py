@@ -132,40 +132,90 @@ def _fatal_line(log: str) -> str:
     return lines[-1] if lines else "no message"
 
 
-def probe(build: Callable[[], object], where: str) -> None:
-    """Build once in a forked child first (only safe while Caffe runs no threads: see above).
-
-    Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
-    the abort only ends the child, and its glog line becomes a one-line OlmpError here.
-    A Python exception in the child is ignored: the real build below raises it again. The
-    child only builds and exits; one stuck past PROBE_SECONDS (fork copies the locks other
-    threads held) is killed, and the build goes ahead unprobed.
-    """
-    from olmp.errors import OlmpError  # noqa: PLC0415
-
+def _in_child(work: Callable[[], object], seconds: float, swallow: bool) -> tuple[int | None, str]:
+    """Run ``work`` in a forked child, its output captured: (exit code, log), or (None, "") when it
+    ran past ``seconds`` and was killed. ``swallow``: a Python exception in the child still exits 0."""
     with tempfile.TemporaryFile() as log:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
+            code = 0
             try:
                 os.dup2(log.fileno(), 2)
                 os.dup2(log.fileno(), 1)
-                build()
-            except BaseException:  # noqa: BLE001, S110
-                pass
-            os._exit(0)
-        deadline = time.monotonic() + PROBE_SECONDS
+                work()
+            except BaseException:  # noqa: BLE001
+                code = 0 if swallow else 3
+            os._exit(code)
+        deadline = time.monotonic() + seconds
+        pause = 0.002
         while not (done := os.waitpid(pid, os.WNOHANG))[0]:
-            if time.monotonic() > deadline:  # stuck (a lock copied by fork?): let it go, build for real
+            if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return
-            time.sleep(0.002)
-        if os.waitstatus_to_exitcode(done[1]) != 0:
-            log.seek(0)
-            reason = _fatal_line(log.read().decode("utf-8", "replace"))
-            raise OlmpError(f"Caffe rejects it: {reason}", where)
+                return None, ""
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.1)
+        log.seek(0)
+        return os.waitstatus_to_exitcode(done[1]), log.read().decode("utf-8", "replace")
+
+
+def probe(build: Callable[[], object], where: str) -> None:
+    """Build once in a forked child first (only safe while Caffe runs no threads: see above).
+
+    Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
+    the abort only ends the child, and its glog line becomes a one-line OlmpError here.
+    A Python exception in the child is ignored: the real build below raises it again. No
+    Caffe thread runs before the first build, so a child still building after
+    PROBE_SECONDS is stuck in Caffe itself (e.g. its data reader on an absurd batch): an
+    error, never a build for real that would hang the same way.
+    """
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    seconds = float(os.environ.get("OLMP_PROBE_SECONDS", PROBE_SECONDS))
+    code, log = _in_child(build, seconds, swallow=True)
+    if code is None:
+        raise OlmpError(f"Caffe did not finish building the net within {seconds:.0f} s "
+                        "(a batch or layer too large for this machine?)", where)
+    if code != 0:
+        raise OlmpError(f"Caffe rejects it: {_fatal_line(log)}", where)
+
+
+SNAPSHOT_SECONDS = 600.0  # a snapshot child taking longer is given up on (see snapshot)
+
+
+def snapshot(solver: object, folder: Path, where: str | os.PathLike, need: int = 0) -> None:
+    """``solver.snapshot()`` where a failed write cannot abort this process.
+
+    Caffe CHECK-fails (SIGABRT) when it cannot write a snapshot, e.g. on a full disk. On the
+    CPU the snapshot (into ``folder``, the solver's snapshot_prefix) is written by a forked child, whose abort becomes a one-line error
+    naming ``where``. The child only serialises blobs (no data-reader lock); should it still
+    hang past SNAPSHOT_SECONDS (a lock copied by fork), the snapshot is written here after
+    checking that ``need`` bytes are free. On the GPU (no fork) only that check is made.
+    """
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    if _gpu is None:
+        code, log = _in_child(solver.snapshot, SNAPSHOT_SECONDS, swallow=False)
+        if code == 0:
+            return
+        if code is not None:
+            if _free_bytes(folder) < max(need, 1):
+                raise OlmpError("cannot write: No space left on device (disk full); nothing was written", where)
+            raise OlmpError(f"cannot write: Caffe could not save the snapshot ({_fatal_line(log)})", where)
+    if _free_bytes(folder) < need:
+        raise OlmpError("cannot write: No space left on device (disk full); nothing was written", where)
+    solver.snapshot()
+
+
+def _free_bytes(folder: Path) -> int:
+    import shutil  # noqa: PLC0415
+
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN001, ANN202
@@ -184,7 +234,10 @@ def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN
 
 def make_net(net_param: object, phase: str = "test", source: str | os.PathLike | None = None):  # noqa: ANN201
     """A caffe.Net from a checked NetParameter (see olmp.prototxt.read_net); ``source`` names it in errors."""
+    from olmp import prototxt  # noqa: PLC0415
+
     c = caffe()
+    prototxt.check_data_batches(net_param, source or getattr(net_param, "name", "") or "net")  # derived nets too
     ph = c.TEST if phase == "test" else c.TRAIN
     return _with_temp_prototxt(net_param, lambda f: c.Net(f, ph), None if source is None else str(source))
 
@@ -193,6 +246,14 @@ def make_solver(solver_param: object, source: str | os.PathLike | None = None): 
     """A Caffe solver of the prototxt's type from a checked SolverParameter; ``source`` names it in errors."""
     c = caffe()
     return _with_temp_prototxt(solver_param, c.get_solver, None if source is None else str(source))
+
+
+def restore_solver(solver: object, state: object) -> None:
+    """Put a live solver into ``state`` (a SolverState message): Caffe restores only from a file."""
+    with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
+        fh.write(state.SerializeToString())
+        fh.flush()
+        solver.restore(fh.name)
 
 
 def set_random_seed(seed: int) -> None:

@@ -34,6 +34,8 @@ class RunLock:
     """An exclusive lock on a run folder; a second run pointed at it is refused."""
 
     def __init__(self, out: Path) -> None:
+        self.out = out
+        self.created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if left empty
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / ".lock"
         self._fh = open(self.path, "a+")  # noqa: SIM115
@@ -50,16 +52,45 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and {p.name for p in self.out.iterdir()} == {".lock"}:
+            self.path.unlink()  # a failed run that kept nothing leaves nothing, not a folder with a .lock
+            self.release()
+            for folder in self.created:  # innermost first; a folder another process filled meanwhile stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            return
         self.release()
 
 
 def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     """Write ``out/checkpoint`` atomically. Call between solver steps (blobs hold dense W)."""
     snap_dir = out / SNAPSHOT
+    try:
+        take_snapshot(solver, snap_dir, out / CHECKPOINT)
+        _assemble(out, snap_dir, mask_state, state)
+    finally:
+        shutil.rmtree(snap_dir, ignore_errors=True)
+
+
+def take_snapshot(solver: Any, snap_dir: Path, where: Path) -> None:
+    """Caffe's snapshot (<snapshot_prefix>_iter_N.{caffemodel,solverstate}) into a fresh ``snap_dir``.
+
+    The weights and one or two history blobs per parameter blob (Adam keeps two) need about
+    three times the parameters' bytes; a write that fails is a one-line error naming ``where``.
+    """
     shutil.rmtree(snap_dir, ignore_errors=True)
-    snap_dir.mkdir()
-    solver.snapshot()  # writes <snapshot_prefix>_iter_N.{caffemodel,solverstate} into .snapshot/
+    try:
+        snap_dir.mkdir()
+    except OSError as exc:
+        raise OlmpError(f"cannot write: {exc.strerror or exc}", where) from None
+    need = 3 * 4 * sum(b.data.size for blobs in solver.net.params.values() for b in blobs)
+    caffe_bridge.snapshot(solver, snap_dir, where, need)
+
+
+def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
     model = next(snap_dir.glob("*.caffemodel"))
     solverstate = next(snap_dir.glob("*.solverstate"))
     with atomic.atomic_path(out / CHECKPOINT) as tmp:
@@ -77,7 +108,6 @@ def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-    shutil.rmtree(snap_dir, ignore_errors=True)
 
 
 def clean(out: Path) -> None:
@@ -158,9 +188,6 @@ def load(
                             "same experiment and options, or choose another --out", out)
     _check_history(ss, solver, ck / "solver.solverstate")
     ss.ClearField("learned_net")  # weights are loaded below, through our checked loader
-    with tempfile.NamedTemporaryFile(suffix=".solverstate", delete=True) as fh:
-        fh.write(ss.SerializeToString())
-        fh.flush()
-        solver.restore(fh.name)
+    caffe_bridge.restore_solver(solver, ss)
     weights.load_weights(solver.net, ck / "weights.caffemodel")
     return mask_state, state

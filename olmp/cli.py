@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any, Callable
 
+from olmp import paths
 from olmp.errors import OlmpError
 
 
@@ -49,7 +50,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from olmp import train
 
-    res = train.train(args.solver, iters=args.iters, out=args.out, seed=args.seed, progress=not args.quiet)
+    res = train.train(paths.from_cwd(args.solver), iters=args.iters, out=args.out, seed=args.seed,
+                      progress=not args.quiet)
     _print_json(res, True, lambda r: f"saved {r['model']}: test accuracy {r['test']['accuracy']:.4f} "
                 f"after {r['iters']} iterations ({r['train_seconds']:.0f} s)")
     return 0
@@ -58,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from olmp import evaluate
 
-    res = evaluate.evaluate(args.net, args.weights)
+    res = evaluate.evaluate(paths.from_cwd(args.net), args.weights)
     _print_json(res, args.json, lambda r: f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  ({r['images']} images)")
     return 0
 
@@ -102,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise OlmpError("--net only goes with --dense")
         _print_json(sparse.export_sparse(args.input, args.output), False, _human_sparse)
     else:
-        res = sparse.import_dense(args.input, args.output, args.net)
+        res = sparse.import_dense(args.input, args.output, paths.from_cwd(args.net))
         _print_json(res, False, lambda r: f"wrote {r['out']}: {r['remaining']}/{r['total']} remaining "
                     f"({r['ratio']:.2f}x)")
     return 0
@@ -112,7 +114,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from olmp import config
 
     exp = config.load(args.experiment, args.set or ())
-    changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed), ("weights", args.weights))
+    changes = {k: v for k, v in (("optimizer", args.optimizer), ("seed", args.seed),
+                                 ("weights", paths.from_cwd(args.weights)))
                if v is not None}
     exp = config.check(exp.replace(**changes))
     from olmp import pipeline  # after the checks: a bad file is refused without importing Caffe
@@ -139,7 +142,8 @@ def cmd_transplant(args: argparse.Namespace) -> int:
     from olmp import config
 
     exp = config.load(args.experiment)
-    rec = transplant.run(exp, args.masks, args.weights, args.out, progress=not args.quiet)
+    rec = transplant.run(exp, paths.from_cwd(args.masks), paths.from_cwd(args.weights), args.out,
+                         progress=not args.quiet)
     _print_json({k: rec[k] for k in ("ratio", "test_before", "test_final")}, True,
                 lambda r: f"{args.out}: {r['ratio']:.1f}x, test accuracy {r['test_before']:.4f} before "
                 f"and {r['test_final']:.4f} after retraining with frozen masks")
@@ -149,6 +153,14 @@ def cmd_transplant(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from olmp import figures, reports
 
+    from pathlib import Path  # noqa: PLC0415
+
+    from olmp import atomic  # noqa: PLC0415
+
+    names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
+    for d in args.dirs:  # every output checked before the first is written
+        for name in names:
+            atomic.check_target(Path(d) / name)
     for d in args.dirs:
         res = reports.write_runs_table(d)
         figs = sorted({p.stem for p in figures.write_report_figures(d)})

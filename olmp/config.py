@@ -214,6 +214,9 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
         fail("search.sigma: step sizes must be > 0 and the first entry must start at iteration 0")
     if s.constraint not in CONSTRAINTS:
         fail(f"search.constraint must be one of {', '.join(CONSTRAINTS)}, got '{s.constraint}'")
+    if s.constraint == "al" and exp.optimizer != "cmaes" and exp.method == "olmp":
+        # only pycma's augmented Lagrangian reads the violations; ncs and sampling would ignore them
+        fail(f"search.constraint = 'al' needs optimizer = 'cmaes' (got '{exp.optimizer}'); use 'penalty'")
     if p.retrain_lr not in ("continue", "rewind"):
         fail(f"pipeline.retrain_lr must be 'continue' or 'rewind', got '{p.retrain_lr}'")
     if s.accuracy_on not in ("minibatch", "validation"):
@@ -330,6 +333,8 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     for sec in ("search", "pipeline", "baseline"):
         if sec in raw and not isinstance(raw[sec], dict):
             raise OlmpError(f"[{sec}] must be a table", path)
+    for key in ("solver", "net", "weights"):  # relative to the file's folder (paths.in_experiment_file)
+        top[key] = paths.in_experiment_file(top[key], path)
     exp = Experiment(
         **{**top, "layers": tuple(top["layers"])},
         search=_section(SearchConfig, raw.get("search", {}), path, "search."),
@@ -342,4 +347,9 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
 
     if not resolve_path(exp.solver).is_file():
         raise OlmpError(f"solver {resolve_path(exp.solver)} does not exist", path)
+    if not resolve_path(exp.net).is_file():
+        raise OlmpError(f"net {resolve_path(exp.net)} does not exist", path)
+    from olmp.prototxt import check_experiment_net  # noqa: PLC0415  (imports Caffe: after every other check)
+
+    check_experiment_net(exp.net, exp.solver, path)
     return exp

@@ -64,6 +64,7 @@ def _stock_layer(pb: Any, src: Any, arrays: list[np.ndarray]) -> Any:
 def to_stock(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """``olmp convert``: write the stock equivalent of ``src`` to ``dst`` (atomically)."""
     src, dst = Path(src), Path(dst)
+    atomic.check_target(dst)  # never a device or FIFO, and a writable folder: before any work
     model = weights.read_caffemodel(src)  # every check (shapes, masks, NaN) happens here
     pb = caffe_bridge.caffe_pb2()
     net = pb.NetParameter()

@@ -29,3 +29,39 @@ def cache_dir() -> Path:
 def external_models_dir() -> Path:
     """The authors' released caffemodels (optional, read-only, never copied)."""
     return Path(os.environ.get("OLMP_EXTERNAL_MODELS", REPO_ROOT.parent / "shared" / "external-models"))
+
+
+def from_cwd(path: str | None) -> str | None:
+    """A path given on the command line, made to mean relative to the current directory.
+
+    Library calls read relative paths against the repository root (the shipped experiments and
+    records are written that way), so a relative argument becomes absolute, except when the current
+    directory is the repository root: there both readings agree and the string is kept as typed,
+    which keeps what run records store (e.g. ``--weights ../shared/...``) unchanged.
+    """
+    if path is None or Path(path).is_absolute():
+        return path
+    cwd = Path.cwd().resolve()
+    if cwd == REPO_ROOT and Path(path).parts[:1] != ("data",):  # data/... would mean OLMP_DATA_DIR
+        return path
+    return os.path.normpath(cwd / path)
+
+
+def in_experiment_file(value: str, experiment_file: Path) -> str:
+    """A path inside an experiment file: relative to that file's folder.
+
+    The shipped experiments (scripts/experiments/) name repository-relative paths, and so do files
+    written before this rule: for them, and for a path found only under the repository, the string is
+    kept as written (run records store it). A path found under the file's folder, or found nowhere
+    (so that the error names where it was looked for), becomes absolute.
+    """
+    p = Path(value)
+    folder = experiment_file.resolve().parent
+    if p.is_absolute() or folder == EXPERIMENTS_DIR:
+        return value
+    beside = os.path.normpath(folder / p)
+    if os.path.exists(beside):
+        return beside
+    from olmp.prototxt import resolve_path  # noqa: PLC0415  (prototxt imports this module)
+
+    return value if resolve_path(value).exists() else beside

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -30,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, draws, evaluate, prototxt, testhook, train, weights
+from olmp import atomic, caffe_bridge, checkpoint, draws, evaluate, provenance, prototxt, testhook, train, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator, Chunk, CumulativeEvaluator, chunk_nets
 from olmp.config import Experiment
@@ -182,13 +183,12 @@ class Pipeline:
         only in its solver state, so the state is snapshotted, its iteration set to 0 and restored.
         """
         import shutil  # noqa: PLC0415
-        import tempfile  # noqa: PLC0415
 
         snap = self.out / checkpoint.SNAPSHOT
         shutil.rmtree(snap, ignore_errors=True)
         snap.mkdir()
         try:
-            self.solver.snapshot()
+            caffe_bridge.snapshot(self.solver, snap, self.out)  # a full disk: an error, not an abort
             ss = caffe_bridge.caffe_pb2().SolverState()
             ss.ParseFromString(next(snap.glob("*.solverstate")).read_bytes())
         finally:
@@ -196,10 +196,7 @@ class Pipeline:
         self.rewound += int(ss.iter)
         ss.iter = 0
         ss.ClearField("learned_net")  # the live weights stay as they are
-        with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
-            fh.write(ss.SerializeToString())
-            fh.flush()
-            self.solver.restore(fh.name)
+        caffe_bridge.restore_solver(self.solver, ss)
         self.record["rewound_at"] = {"iteration": self.exp.pipeline.prune_stop_iter, "solver_iterations": self.rewound}
 
     def search(self, itr: int, selected: list[str]) -> dict[str, Any]:
@@ -355,6 +352,7 @@ class Pipeline:
                 "selections": {n: 0 for n in exp.layers},  # iterations each layer was selected (all niter)
                 "progress": [],
                 "finished": False,
+                "provenance": provenance.collect(),  # which code and machine made it
             }
             t0 = time.perf_counter()
             info = self.policy.start()  # e.g. a sensitivity scan, on the reference model
@@ -392,7 +390,8 @@ class Pipeline:
     def _finish(self, wall: float) -> dict[str, Any]:
         final = self.test()
         with self.layers.masked():
-            weights.save_net(self.net, self.out / "pruned.caffemodel")
+            weights.save_net(self.net, self.out / "pruned.caffemodel", self.net_param,
+                             caffe_bridge.caffe_pb2().TRAIN)
         total, remaining = self.layers.total(), self.layers.remaining()
         self.record.update({
             "final": {
@@ -415,6 +414,9 @@ class Pipeline:
 def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """``olmp prune``: run (or resume, or just report) one experiment into ``out``."""
     out = Path(out)
+    atomic.check_target(out, folder=True)  # every output writable before any work starts
+    for name in ("record.json", "pruned.caffemodel"):
+        atomic.check_target(out / name)
     with checkpoint.RunLock(out):
         checkpoint.clean(out)  # what a killed run was writing
         rec_path = out / "record.json"
@@ -426,9 +428,17 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
             except ValueError as exc:
                 raise OlmpError(f"unreadable record ({exc}); remove it to run again", rec_path) from None
             if isinstance(rec, dict) and rec.get("finished"):
+                made_with = rec.get("experiment")
+                changed = checkpoint.changed_settings(exp.to_dict(), made_with) if isinstance(made_with, dict) \
+                    else ["experiment"]
+                if changed:  # returning it would pass an old result off as the requested one
+                    raise OlmpError(f"holds a finished run made with other settings ({', '.join(changed)}); "
+                                    "choose another --out, or remove the folder to run again", out)
                 return rec
         if checkpoint.exists(out) and not resume:
             raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)
+        if resume and not checkpoint.exists(out):
+            print(f"olmp: note: --resume: {out} holds no checkpoint to resume; starting a new run", file=sys.stderr)
         run = Pipeline(exp, out, progress)
         try:
             return run.run(resume=resume)

@@ -9,6 +9,7 @@ prototxt works from any working directory.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,38 @@ def read_solver(path: str | Path) -> Any:
     require_loss(solver.net_param, path, caffe_bridge.caffe_pb2().TRAIN)
     require_loss(solver.net_param, path, caffe_bridge.caffe_pb2().TEST)
     return solver
+
+
+def check_experiment_net(net_path: str | Path, solver_path: str | Path, where: str | Path) -> None:
+    """An experiment's ``net`` must parse as a net and be the net its solver trains.
+
+    The pipeline builds everything from the solver; a ``net`` that says otherwise would be
+    recorded but never used. Same file, or the same layers once parsed, is accepted.
+    """
+    net_file = resolve_path(net_path)
+    try:
+        ours = read_net(net_file, check_sources=False)
+    except OlmpError as exc:
+        raise OlmpError(f"net: {exc}", where) from None
+    solver_file = resolve_path(solver_path)
+    solver = _parse(solver_file, caffe_bridge.caffe_pb2().SolverParameter(), "solver prototxt")
+    if solver.HasField("net"):
+        theirs_file = resolve_path(solver.net)
+        if theirs_file.is_file() and theirs_file.samefile(net_file):
+            return
+        if not theirs_file.is_file():
+            return  # read_solver reports the solver's missing net, naming the solver
+        theirs = read_net(theirs_file, check_sources=False)
+        named = str(theirs_file)
+    elif solver.HasField("net_param"):
+        theirs = solver.net_param
+        check_net(theirs, solver_file, check_sources=False)
+        named = "its inline net_param"
+    else:
+        return  # read_solver reports a solver without a net
+    if theirs != ours:
+        raise OlmpError(f"net {net_file} is not the net solver {solver_file} trains ({named}); "
+                        "set net to that file", where)
 
 
 def check_solver(solver: Any, path: str | Path) -> None:
@@ -197,6 +230,67 @@ def _check_lmdb(layer: Any, src: Path, path: str | Path) -> None:
         raise OlmpError(f"layer '{layer.name}' data source {src} is not a readable LMDB ({exc})", path) from None
     if entries == 0:
         raise OlmpError(f"layer '{layer.name}' data source {src} is an empty LMDB", path)
+    check_batch_memory(layer, src, path)
+
+
+MAX_BLOB = 2**31 - 1  # Caffe counts a blob's values in an int
+
+
+def available_memory() -> int:
+    """Bytes this process may still allocate: MemAvailable, less where a cgroup limit is tighter."""
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_data_batches(net: Any, path: str | Path) -> None:
+    """``check_batch_memory`` for every LMDB Data layer of a net about to be built."""
+    for layer in net.layer:
+        if layer.type == "Data" and layer.data_param.source and Path(layer.data_param.source).is_dir():
+            check_batch_memory(layer, Path(layer.data_param.source), path)
+
+
+def check_batch_memory(layer: Any, src: Path, path: str | Path) -> None:
+    """Refuse a Data layer whose batch Caffe could not hold, before Caffe tries.
+
+    An absurd ``batch_size`` makes Caffe abort (a blob past 2**31 values) or hang in its data
+    reader; the bytes one batch needs come from the first record's shape, and the data layer
+    keeps ``prefetch`` such batches plus the one it hands on.
+    """
+    import lmdb  # noqa: PLC0415
+
+    pb = caffe_bridge.caffe_pb2()
+    with lmdb.open(str(src), readonly=True, lock=False) as env, env.begin() as txn:
+        first = next(iter(txn.cursor()), (None, None))[1]
+    datum = pb.Datum()
+    try:
+        datum.ParseFromString(first or b"")
+    except Exception:  # noqa: BLE001 - Caffe's own reader reports a record it cannot parse
+        return
+    crop = layer.transform_param.crop_size
+    per_image = max(datum.channels, 1) * (crop * crop if crop else max(datum.height, 1) * max(datum.width, 1))
+    batch = int(layer.data_param.batch_size)
+    values = batch * per_image
+    if values > MAX_BLOB:
+        raise OlmpError(f"layer '{layer.name}' batch_size {batch} makes a blob of {values} values, more than "
+                        f"Caffe's {MAX_BLOB}", path)
+    need = 4 * values * (int(layer.data_param.prefetch) + 1)
+    avail = available_memory()
+    if need > avail:
+        raise OlmpError(f"layer '{layer.name}' batch_size {batch} needs at least {need / 2**30:.1f} GiB for its "
+                        f"batches, more than the {avail / 2**30:.1f} GiB of memory available", path)
 
 
 def _data_hint(path: Path) -> str:

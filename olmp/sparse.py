@@ -118,6 +118,7 @@ def decode(shape: tuple[int, ...], values: np.ndarray, gaps: np.ndarray, rowptr:
 def export_sparse(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """``olmp export --sparse``: any caffemodel (stock or fork) -> the npz above."""
     src, dst = Path(src), Path(dst)
+    atomic.check_target(dst)  # never a device or FIFO, and a writable folder: before any work
     model = weights.read_caffemodel(src)
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
@@ -205,12 +206,14 @@ def import_dense(src: str | Path, dst: str | Path, net_path: str | Path | None =
     needs); with it, the arrays are checked against that net and Caffe writes the
     whole net, as ``olmp train`` does.
     """
+    atomic.check_target(dst)
     model = load_sparse(src)
     if net_path is None:
         convert.write_params_only([(n, lp.type, lp.blobs) for n, lp in model.layers.items()], dst)
     else:
-        net = caffe_bridge.make_net(prototxt.read_net(net_path), "test", source=net_path)
+        net_param = prototxt.read_net(net_path)
+        net = caffe_bridge.make_net(net_param, "test", source=net_path)
         weights.load_into(net, model)
-        weights.save_net(net, dst)
+        weights.save_net(net, dst, net_param, caffe_bridge.caffe_pb2().TEST)
     info = weights.summary(weights.read_caffemodel(dst))
     return {"out": str(dst), "total": info["total"], "remaining": info["remaining"], "ratio": info["ratio"]}

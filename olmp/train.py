@@ -30,6 +30,13 @@ def divergence(net: Any, layers: Any = None) -> str | None:
     return f"loss {loss}, max |w| {big:.3g}"
 
 
+def check_outputs(out: Path) -> None:
+    """``out`` must be (or become) a folder where model.caffemodel and train.json can be written."""
+    atomic.check_target(out, folder=True)
+    for name in ("model.caffemodel", "train.json"):
+        atomic.check_target(out / name)
+
+
 def train(
     solver_path: str | Path,
     iters: int | None = None,
@@ -38,12 +45,15 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, save ``model.caffemodel`` and ``train.json``."""
+    if not 0 <= seed < 2**31:  # Caffe takes the seed in 32 bits
+        raise OlmpError(f"--seed must be in [0, {2**31 - 1}], got {seed}")
     solver_path = prototxt.resolve_path(solver_path)
+    out = Path(out) if out else Path("runs") / "train" / solver_path.stem
+    check_outputs(out)  # before the training, not after it
     sp = prototxt.read_solver(solver_path)
     iters = int(iters if iters is not None else sp.max_iter)
     if not 0 < iters < 2**31:  # Caffe counts iterations in an int
         raise OlmpError(f"--iters must be in [1, {2**31 - 1}], got {iters}")
-    out = Path(out) if out else Path("runs") / "train" / solver_path.stem
     sp.max_iter = iters
     sp.random_seed = seed
     sp.test_interval = 2**31 - 1  # never: we evaluate ourselves at the end
@@ -73,8 +83,14 @@ def train(
     test_net = solver.test_nets[0]
     test_net.share_with(solver.net)  # Caffe shares weights only inside its own Test()
     test = evaluate.evaluate_net(test_net, evaluate.test_set_size(sp.net_param))
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    weights.save_net(solver.net, out / "model.caffemodel")
+    try:
+        weights.save_net(solver.net, out / "model.caffemodel", sp.net_param, caffe_bridge.caffe_pb2().TRAIN)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # leave no empty folder behind a failed save
+        raise
     record = {
         "solver": str(solver_path.relative_to(prototxt.resolve_path("."))
                       if solver_path.is_relative_to(prototxt.resolve_path(".")) else solver_path),

@@ -43,8 +43,6 @@ def masks_of(path: str | Path, layers: tuple[str, ...]) -> dict[str, list[np.nda
 
 def _set_iteration(solver: Any, iteration: int) -> None:
     """Put the solver at ``iteration`` with zero momentum (a SolverState restored through Caffe)."""
-    import tempfile  # noqa: PLC0415
-
     pb = caffe_bridge.caffe_pb2()
     ss = pb.SolverState()
     ss.iter = iteration
@@ -54,10 +52,7 @@ def _set_iteration(solver: Any, iteration: int) -> None:
             h = ss.history.add()
             h.shape.dim.extend(b.data.shape)
             h.data.extend(np.zeros(b.data.size, dtype=np.float32).tolist())
-    with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
-        fh.write(ss.SerializeToString())
-        fh.flush()
-        solver.restore(fh.name)
+    caffe_bridge.restore_solver(solver, ss)
 
 
 def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, progress: bool = True) -> dict[str, Any]:

@@ -10,7 +10,6 @@ in place. Every model comes back as stock blobs with masks applied.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,12 +134,69 @@ def load_weights(net: Any, path: str | Path) -> Model:
     return model
 
 
-def save_net(net: Any, path: str | Path) -> None:
-    """Caffe's own writer, through a temporary file and a rename."""
-    with atomic.atomic_path(path) as tmp:
-        net.save(str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    """One length-delimited protobuf field: its tag byte(s), the length, the bytes."""
+    return tag + _varint(len(payload)) + payload
+
+
+def blob_bytes(arr: np.ndarray) -> bytes:
+    """A BlobProto as Caffe writes it: ``shape`` (field 7) and packed float ``data`` (field 5)."""
+    dims = b"".join(_varint(int(d)) for d in arr.shape)
+    shape = _field(b"\x0a", dims) if dims else b""
+    data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+    return _field(b"\x3a", shape) + (_field(b"\x2a", data) if data else b"")
+
+
+def net_bytes(net: Any, net_param: Any = None, phase: int | None = None) -> bytes:
+    """A live net's caffemodel, serialised here in Python rather than by Caffe.
+
+    Caffe's writer CHECK-fails (aborting the process) when the disk fills; these bytes go
+    through ``atomic.write_bytes``, where a full disk is a one-line error. Layers come in
+    the net's order with the blobs as Caffe's ``Net::ToProto`` lays them out; with
+    ``net_param`` and ``phase`` each layer's full definition from the prototxt is kept
+    (otherwise name, type, bottoms and tops: all that ``copy_from`` and olmp read).
+    """
+    pb = caffe_bridge.caffe_pb2()
+    defs: dict[str, Any] = {}
+    if net_param is not None:
+        from olmp import prototxt  # noqa: PLC0415
+
+        defs = {lay.name: lay for lay in prototxt.layers_in_phase(net_param, phase)}
+    head = pb.NetParameter()
+    if net_param is not None and net_param.name:
+        head.name = net_param.name
+    parts = [head.SerializeToString()]
+    for name, layer in zip(net._layer_names, net.layers):
+        lp = pb.LayerParameter()
+        if name in defs:
+            lp.CopyFrom(defs[name])
+            lp.ClearField("blobs")
+        else:
+            lp.name, lp.type = name, layer.type
+        if phase is not None:
+            lp.phase = phase
+        if lp.type.endswith("Loss") and not lp.loss_weight:
+            lp.loss_weight.append(1.0)  # what Caffe's LossLayer setup adds
+        del lp.bottom[:], lp.top[:]  # as the net wired them (split layers inserted)
+        lp.bottom.extend(net.bottom_names[name])
+        lp.top.extend(net.top_names[name])
+        body = lp.SerializeToString() + b"".join(_field(b"\x3a", blob_bytes(b.data)) for b in layer.blobs)
+        parts.append(_field(b"\xa2\x06", body))  # NetParameter.layer is field 100
+    return b"".join(parts)
+
+
+def save_net(net: Any, path: str | Path, net_param: Any = None, phase: int | None = None) -> None:
+    """Write a live net's weights as a stock caffemodel, through a temporary file and a rename."""
+    atomic.write_bytes(path, net_bytes(net, net_param, phase))
 
 
 def summary(model: Model) -> dict[str, Any]:

@@ -43,13 +43,14 @@ fi
 VPY="$ROOT/.venv/bin/python"
 
 # ---- 3. Python dependencies and the package (skipped while pyproject.toml is unchanged) -------
+# constraints.txt pins the tested versions (pip freeze of the development .venv); pyproject.toml holds the ranges
 stamp=.venv/.olmp-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing Python dependencies and olmp (editable)"
+  say "installing Python dependencies (versions from constraints.txt) and olmp (editable)"
   "$VPY" -m pip install -q --upgrade pip >&2
-  "$VPY" -m pip install -q "numpy>=2" >&2   # pycaffe is compiled against numpy 2 headers
-  "$VPY" -m pip install -q -e ".[test]" >&2
+  "$VPY" -m pip install -q -c constraints.txt "numpy>=2" >&2   # pycaffe is compiled against numpy 2 headers
+  "$VPY" -m pip install -q -c constraints.txt -e ".[test]" >&2
   echo "$want" > "$stamp"
 else
   say "Python dependencies up to date"

@@ -105,3 +105,24 @@ def external_models() -> Path:
     if not (d / "README.md").is_file():
         pytest.skip(f"external models folder {d} is absent; skipping the cross-checks against released models")
     return d
+
+
+def stop_then_resume(exp, out: Path, stop_at: int) -> dict:  # noqa: ANN001
+    """Run ``exp`` into ``out``, stop it before SGD step ``stop_at`` (as a kill would), then resume it."""
+    from olmp import pipeline
+
+    class Stop(Exception):
+        pass
+
+    run = pipeline.Pipeline(exp, out, progress=False)
+    step = run.sgd_step
+
+    def stopping_step(itr: int) -> None:
+        if itr == stop_at:
+            raise Stop
+        step(itr)
+
+    run.sgd_step = stopping_step
+    with pytest.raises(Stop):
+        run.run()
+    return pipeline.prune(exp, out, resume=True, progress=False)

@@ -2,7 +2,7 @@
 
 Every case must end with exit status 2 and one stderr line ``olmp: error: FILE: problem``
 naming the bad file: never a Caffe abort or segfault (negative status), a traceback or a
-hang. The corpus (128 cases: net and solver prototxts, caffemodels, experiment files and
+hang. The corpus (135 cases: net and solver prototxts, caffemodels, experiment files and
 --set overrides, MNIST folders, run records, checkpoints and outputs) is generated here from
 the repository's own good files. All cases run through the CLI, a few at a time (most pay the
 pycaffe import: about a minute in all on two cores). Hypothesis adds random byte mutations,
@@ -271,6 +271,8 @@ def _toml_cases(d: Path) -> list[Case]:
         "t_missing_solver.toml": b.replace("solvers/lenet300100_solver", "solvers/nowhere"),
         "t_bad_solver.toml": b.replace("solvers/lenet300100_solver.prototxt", str(bad_solver)),
         "t_bad_weights.toml": b.replace(str(GOOD_WEIGHTS), str(bad_weights)),
+        "t_missing_net.toml": b.replace("models/lenet300100/train_test", "models/lenet300100/nowhere"),
+        "t_other_net.toml": b.replace("models/lenet300100/train_test", "models/lenet5/train_test"),
     }
     cases = []
     for n, body in bodies.items():
@@ -335,6 +337,8 @@ def _misc_cases(d: Path) -> list[Case]:
     bad_ck = _dir(d / _dir(d, "m_out_bad_checkpoint").name, "checkpoint")
     _write(bad_ck, "state.json", "{not json")
     out_dir = _dir(d, "m_output_is_a_dir")
+    fifo = d / "m_output_fifo"  # stands for /dev/full: a rename over it would replace it
+    os.mkfifo(fifo)
     return [
         Case("r_truncated", ["report", str(record("r_truncated", '{"finished": tru'))]),
         Case("r_not_an_object", ["report", str(record("r_not_an_object", "[1, 2, 3]"))]),
@@ -355,6 +359,13 @@ def _misc_cases(d: Path) -> list[Case]:
                             str(d / "m_r3")]),
         Case("seed must be", ["prune", "--experiment", str(exp), "--seed", "-3", "--out", str(d / "m_run_s"),
                               "--quiet"]),
+        Case("--seed must be", ["train", "--solver", str(SOLVER), "--seed", "99999999999999", "--out",
+                                str(d / "m_t_seed")]),
+        Case(str(fifo), ["convert", str(GOOD_WEIGHTS), str(fifo)]),
+        Case(str(fifo), ["export", "--sparse", str(GOOD_WEIGHTS), str(fifo)]),
+        Case("/proc/olmp-m", ["train", "--solver", str(SOLVER), "--iters", "3000", "--out", "/proc/olmp-m"]),
+        Case("net_huge_batch.prototxt", ["evaluate", "--net", str(_write(d, "net_huge_batch.prototxt", NET.read_text(
+            ).replace("batch_size: 100 ", "batch_size: 2000000000 "))), "--weights", str(GOOD_WEIGHTS)]),
     ]
 
 

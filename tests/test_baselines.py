@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import REPO, run_olmp
+from conftest import REPO, run_olmp, stop_then_resume
 from olmp import caffe_bridge, compare, config, evaluate, pipeline, policies, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.mnist import read_idx
@@ -270,22 +270,7 @@ def test_interrupted_baseline_resumes_to_the_same_model(tmp_path: Path, lenet300
     exp = baseline_experiment(tmp_path, lenet300100_model, method, niter=61, prune_stop=45, **settings)
     exp = exp.replace(pipeline=dataclasses.replace(exp.pipeline, checkpoint_every=20))
     ref = pipeline.prune(exp, tmp_path / "whole", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    run = pipeline.Pipeline(exp, tmp_path / "stopped", progress=False)
-    step = run.sgd_step
-
-    def stopping_step(itr: int) -> None:
-        if itr == 25:  # after the checkpoint at 20, before DC's last round (30)
-            raise Stop
-        step(itr)
-
-    run.sgd_step = stopping_step
-    with pytest.raises(Stop):
-        run.run()
-    rec = pipeline.prune(exp, tmp_path / "stopped", resume=True, progress=False)
+    rec = stop_then_resume(exp, tmp_path / "stopped", 25)  # after the checkpoint at 20, before DC's last round (30)
     whole, stopped = tmp_path / "whole" / "pruned.caffemodel", tmp_path / "stopped" / "pruned.caffemodel"
     assert whole.read_bytes() == stopped.read_bytes()
     strip = ("seconds",)

@@ -1,5 +1,5 @@
-"""docker/: no Docker engine runs here, so the Dockerfiles are linted (hadolint) and checked to
-run the same setup script as the README and CI."""
+"""docker/: the Dockerfiles are linted (hadolint); where a Docker engine works the CPU image is built
+and run, elsewhere that test is skipped with the reason."""
 
 from __future__ import annotations
 
@@ -28,12 +28,34 @@ def test_dockerfiles_pass_hadolint() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_dockerfiles_run_the_setup_script_and_ignore_local_state() -> None:
-    for f in DOCKERFILES:
-        text = f.read_text()
-        assert "FROM debian:bookworm" in text and "python3.11" in text
-        assert "RUN bash scripts/setup.sh" in text  # the script the README and CI run
-        assert 'VOLUME ["/olmp/data", "/olmp/results"]' in text
-    assert "nvidia/cuda:" in DOCKERFILES[1].read_text()
-    ignored = (REPO / ".dockerignore").read_text().split()
-    assert {".venv", "data", ".git"} <= set(ignored)
+def _docker_engine() -> str | None:
+    """Why no image can be built here (no client, or a client without a working engine), or None."""
+    exe = shutil.which("docker")
+    if exe is None:
+        return "no docker client on PATH"
+    try:
+        r = subprocess.run([exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`docker info` failed: {exc}"
+    if r.returncode != 0:
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        return f"`docker info` reaches no engine: {lines[-1] if lines else 'exit ' + str(r.returncode)}"
+    return None
+
+
+def test_cpu_image_builds_and_runs_olmp(tmp_path: Path) -> None:
+    """The CPU image is built from the repository (setup.sh inside) and its olmp imports pycaffe."""
+    why = _docker_engine()
+    if why is not None:
+        pytest.skip(f"no Docker engine here, so the image is not built ({why})")
+    tag = f"olmp-test:{tmp_path.name.lower()}"
+    try:
+        r = subprocess.run(["docker", "build", "-f", str(DOCKERFILES[0]), "-t", tag, str(REPO)],
+                           capture_output=True, text=True, timeout=3600)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+        r = subprocess.run(["docker", "run", "--rm", tag, "olmp", "inspect", "results/references/lenet300100/"
+                            "model.caffemodel", "--json"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert '"total": 266610' in r.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True, timeout=300)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import experiment_300100, run_olmp, without_timing
+from conftest import experiment_300100, run_olmp, stop_then_resume, without_timing
 from olmp import config, pipeline, transplant, weights
 
 
@@ -31,22 +31,7 @@ def test_rewind_restarts_the_schedule_and_resumes(tmp_path: Path, lenet300100_mo
     plain = pipeline.prune(config.load(path, ['pipeline.retrain_lr="continue"']), tmp_path / "plain", progress=False)
     assert plain["final"]["remaining"] == whole["final"]["remaining"]  # the masks are fixed by then
     assert (tmp_path / "plain" / "pruned.caffemodel").read_bytes() != (tmp_path / "whole" / "pruned.caffemodel").read_bytes()
-
-    class Stop(Exception):
-        pass
-
-    again = pipeline.Pipeline(exp, tmp_path / "stopped", progress=False)
-    step = again.sgd_step
-
-    def stopping_step(itr: int) -> None:
-        if itr == 50:  # after the rewind (30) and the checkpoint at 40
-            raise Stop
-        step(itr)
-
-    again.sgd_step = stopping_step
-    with pytest.raises(Stop):
-        again.run()
-    resumed = pipeline.prune(exp, tmp_path / "stopped", resume=True, progress=False)
+    resumed = stop_then_resume(exp, tmp_path / "stopped", 50)  # after the rewind (30) and the checkpoint at 40
     assert (tmp_path / "stopped" / "pruned.caffemodel").read_bytes() == (tmp_path / "whole" / "pruned.caffemodel").read_bytes()
     assert without_timing(resumed) == without_timing(whole)
     bad = run_olmp("prune", "--experiment", str(path), "--set", 'pipeline.retrain_lr="later"', "--out", str(tmp_path / "x"))

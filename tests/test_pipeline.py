@@ -50,11 +50,12 @@ def test_masked_weights_do_not_forward_but_still_learn(lenet300100_model: Path) 
         logits = net.blobs["ip3"].data.copy()
         assert np.all(net.params["ip1"][0].data[pruned] == 0)
     w[pruned] += 100.0 * rng.standard_normal(int(pruned.sum())).astype(np.float32)  # junk in pruned weights
+    dense = w.copy()
     with layers.masked():
         net.forward(start="ip1")
         assert np.array_equal(net.blobs["ip3"].data, logits)  # pruned weights contribute nothing
-    w[pruned] -= 0  # dense W is back in the blob after the context
-    before = w.copy()
+    assert np.array_equal(net.params["ip1"][0].data, dense)  # dense W, junk included, is back after the context
+    before = dense
     solver.step(1)
     after = net.params["ip1"][0].data
     assert np.any(after[pruned] != before[pruned])  # ... yet they are updated (straight-through)

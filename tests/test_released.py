@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import experiment_300100, without_timing
+from conftest import experiment_300100, stop_then_resume, without_timing
 from olmp import caffe_bridge, config, pipeline
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CumulativeEvaluator
@@ -163,22 +163,7 @@ def test_released_run_resumes_to_the_same_model(tmp_path: Path, lenet300100_mode
                                budget=20, checkpoint_every=30)
     exp = config.load(path)
     whole = pipeline.prune(exp, tmp_path / "whole", progress=False)
-
-    class Stop(Exception):
-        pass
-
-    run = pipeline.Pipeline(exp, tmp_path / "stopped", progress=False)
-    step = run.sgd_step
-
-    def stopping_step(itr: int) -> None:
-        if itr == 45:  # after the checkpoint at 30 and the search at 40
-            raise Stop
-        step(itr)
-
-    run.sgd_step = stopping_step
-    with pytest.raises(Stop):
-        run.run()
-    resumed = pipeline.prune(exp, tmp_path / "stopped", resume=True, progress=False)
+    resumed = stop_then_resume(exp, tmp_path / "stopped", 45)  # after the checkpoint at 30 and the search at 40
     assert (tmp_path / "whole" / "pruned.caffemodel").read_bytes() == (tmp_path / "stopped" / "pruned.caffemodel").read_bytes()
     assert without_timing(whole) == without_timing(resumed)
     assert len(whole["searches"]) >= 2 and all(s["applied"] for s in whole["searches"])

@@ -284,3 +284,61 @@ def test_bad_cmaes_arguments(kwargs: dict, words: str) -> None:
     args.update(kwargs)
     with pytest.raises(OlmpError, match=words):
         make_optimizer("cmaes", **args)
+
+
+class _ScriptedNormals:
+    """Hands out given standard-normal draws in order, so every number below can be worked by hand."""
+
+    def __init__(self, *draws: list) -> None:
+        self.draws = [np.array(d, dtype=np.float64) for d in draws]
+
+    def standard_normal(self, size: object) -> np.ndarray:
+        return self.draws.pop(0).reshape(size)
+
+
+def test_one_ncs_step_by_hand_two_searchers() -> None:
+    """Two 1-D searchers, two trial generations, every quantity of §4 computed here by hand.
+
+    Draws: initial noise [0, 2], trial noise [-1, 0.5], lambda noise [1, -2], trial noise [0.5, 2],
+    lambda noise [0, 0]. epoch 1 and r 0.5, so the 1/5 rule acts after every generation.
+    """
+    import math
+
+    rng = _ScriptedNormals([[0.0], [2.0]], [[-1.0], [0.5]], [1.0, -2.0], [[0.5], [2.0]], [0.0, 0.0])
+    opt = NCS([5.0], 1.0, (0.0, 10.0), 2, 40, seed=0, rng=rng, epoch=1, r=0.5)
+    X = opt.ask()
+    assert [float(x[0]) for x in X] == [5.0, 7.0]  # searcher 0 at x0, searcher 1 at 5 + 1.0 * 2
+    opt.tell(X, [0.6, 0.8])
+    # generation 1: trials 5 - 1 = 4 and 7 + 0.5 = 7.5
+    X = opt.ask()
+    assert [float(x[0]) for x in X] == [4.0, 7.5]
+    opt.tell(X, [0.5, 0.9])
+    # f* = 0.5. NF' = (f' - f*) / ((f' - f*) + (f - f*)): searcher 0: 0 / 0.1 = 0; searcher 1: 0.4 / 0.7
+    nf = [0.0, 0.4 / 0.7]
+    # equal sigmas 1, d = 1: D = dist^2 / (4 * 2) + 0.5 * ln(2 / 2) = dist^2 / 8
+    corr_parent = [(7 - 5) ** 2 / 8, (5 - 7) ** 2 / 8]  # 0.5 each
+    corr_trial = [(4 - 7) ** 2 / 8, (7.5 - 5) ** 2 / 8]  # 1.125, 0.78125
+    nc = [t / (p + t) for p, t in zip(corr_parent, corr_trial)]
+    # lambda_sigma = 0.1 * (1 - 2 / 40) = 0.095: lambdas 1 + 0.095 * [1, -2] = [1.095, 0.81]
+    lambdas = [1.095, 0.81]
+    accept = [lam * c > f for lam, c, f in zip(lambdas, nc, nf)]
+    assert accept == [True, False]  # searcher 1 would move with lambda = 1 (0.6098 > 0.5714): lambda decides
+    assert nc[1] > nf[1] and 0.81 * nc[1] < nf[1]
+    assert opt.means[:, 0].tolist() == [4.0, 7.0] and opt.fitness.tolist() == [0.5, 0.8]
+    # 1/5 rule with epoch 1: success rates 1 and 0 -> sigma / r = 2 and sigma * r = 0.5
+    assert opt.sigmas.tolist() == [2.0, 0.5]
+    # generation 2: trials 4 + 2 * 0.5 = 5 and 7 + 0.5 * 2 = 8, lambdas 1 (noise 0)
+    X = opt.ask()
+    assert [float(x[0]) for x in X] == [5.0, 8.0]
+    opt.tell(X, [0.7, 0.45])
+    # f* = 0.45: NF' = 0.25 / 0.30 and 0 / 0.35
+    nf = [0.25 / 0.30, 0.0]
+    # sigmas 2 and 0.5: var = 4.25, log term 0.5 * ln(4.25 / (2 * 2 * 0.5)) = 0.5 * ln(2.125)
+    log_term = 0.5 * math.log(2.125)
+    corr_parent = [9 / 17 + log_term, 9 / 17 + log_term]  # |4 - 7|^2 / (4 * 4.25)
+    corr_trial = [4 / 17 + log_term, 16 / 17 + log_term]  # |5 - 7|^2 / 17, |8 - 4|^2 / 17
+    nc = [t / (p + t) for p, t in zip(corr_parent, corr_trial)]
+    assert [c > f for c, f in zip(nc, nf)] == [False, True]
+    assert opt.means[:, 0].tolist() == [4.0, 8.0] and opt.fitness.tolist() == [0.5, 0.45]
+    assert opt.sigmas.tolist() == [1.0, 1.0]  # rates 0 and 1: 2 * 0.5 and 0.5 / 0.5
+    assert opt.result.xbest.tolist() == [8.0] and opt.result.fbest == 0.45 and opt.result.evaluations == 6
