@@ -110,6 +110,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human_init(r: dict[str, Any]) -> str:
+    lines = [f"{'layer':<16} {'type':<13} {'weights':>10} {'biases':>8} {'total':>10}"]
+    for name, v in r["layers"].items():
+        lines.append(f"{name:<16} {v['type']:<13} {v['weights']:>10} {v['biases']:>8} {v['total']:>10}")
+    lines.append(f"{'all':<16} {'':<13} {'':>10} {'':>8} {r['total']:>10}")
+    lines.append(f"wrote {r['out']}: {r['closest']}'s settings (crate bounds {r['bounds']}, delta {r['delta']}); "
+                 f"next: olmp prune --experiment {r['out']} --out run")
+    return "\n".join(lines)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from olmp import scaffold
+
+    res = scaffold.init(paths.from_cwd(args.net), paths.from_cwd(args.weights), paths.from_cwd(args.solver),
+                        paths.from_cwd(args.out), force=args.force)
+    _print_json(res, False, _human_init)
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from olmp import config
 
@@ -229,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("output", metavar="OUT")
     x.add_argument("--net", help="with --dense: check against this net and save the whole net")
     x.set_defaults(func=cmd_export)
+
+    n = sub.add_parser("init", help="write an experiment file for your own net (its layers, the paper's settings)")
+    n.add_argument("--net", required=True, help="the net prototxt (train_test: TRAIN and TEST Data layers)")
+    n.add_argument("--weights", required=True, help="the trained reference caffemodel to prune")
+    n.add_argument("--solver", help="the solver that trains the net (default: the one beside the net)")
+    n.add_argument("--out", default="exp.toml", help="experiment file to write (default exp.toml)")
+    n.add_argument("--force", action="store_true", help="replace an existing --out")
+    n.set_defaults(func=cmd_init)
 
     r = sub.add_parser("prune", help="run the OLMP pipeline of an experiment file")
     r.add_argument("--experiment", required=True, help="TOML file, or a name in scripts/experiments/")
