@@ -95,7 +95,11 @@ class Pipeline:
         else:
             self.eval_net, self.eval_param = self.net, pb.TRAIN
         self.chunks: list[Chunk] = []
-        if exp.method == "olmp" and exp.search.chunks > 1:  # scored chunk by chunk (olmp/candidate.py)
+        # a TRAIN-phase net with dropout would score a candidate differently at every forward: score through
+        # TEST-phase copies of it (the chunk nets) on the same minibatch, as chunks already do
+        stochastic = self.eval_param == pb.TRAIN and any(
+            lay.type == "Dropout" for lay in prototxt.layers_in_phase(self._eval_net_param, pb.TRAIN))
+        if exp.method == "olmp" and (exp.search.chunks > 1 or stochastic):  # scored chunk by chunk (candidate.py)
             try:
                 self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)
             except ValueError as exc:

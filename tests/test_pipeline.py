@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import experiment_300100, run_olmp, without_timing
+from conftest import REPO, experiment_300100, run_olmp, without_timing
 from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator, chunk_nets
@@ -275,3 +275,30 @@ def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: P
     assert sum(s["evaluations"] for s in recs[0]["searches"]) > 0
     assert all(r == recs[0] for r in recs[1:])
     assert all(m == models[0] for m in models[1:])
+
+
+def test_dropout_nets_score_candidates_with_dropout_off(tmp_path: Path, lenet300100_model: Path) -> None:
+    """A TRAIN net with dropout scores through TEST-phase copies: the same crates, the same score, every time."""
+    text = (REPO / "models" / "lenet300100" / "train_test.prototxt").read_text()
+    data = str((REPO / "data" / "mnist").resolve())
+    text = text.replace('"data/mnist/', f'"{data}/')
+    relu = text.index('layer', text.index('bottom: "ip1"', text.index('name: "ip1"') + 20))  # the layer after ip1
+    dropout = ('layer { name: "drop1" type: "Dropout" bottom: "ip1" top: "ip1" '
+               'dropout_param { dropout_ratio: 0.9 } include { phase: TRAIN } }\n')
+    (tmp_path / "net.prototxt").write_text(text[:relu] + dropout + text[relu:])
+    solver = (REPO / "solvers" / "lenet300100_solver.prototxt").read_text()
+    solver = "\n".join(f'net: "{tmp_path / "net.prototxt"}"' if line.startswith("net:") else line
+                       for line in solver.splitlines())
+    (tmp_path / "solver.prototxt").write_text(solver)
+    exp_text = experiment_300100(lenet300100_model).replace('"solvers/lenet300100_solver.prototxt"',
+                                                            f'"{tmp_path / "solver.prototxt"}"')
+    exp_text = exp_text.replace('"models/lenet300100/train_test.prototxt"', f'"{tmp_path / "net.prototxt"}"')
+    (tmp_path / "exp.toml").write_text(exp_text)
+    run = pipeline.Pipeline(config.load(tmp_path / "exp.toml"), tmp_path / "run", progress=False)
+    assert run.chunks and all("drop1" in c.net._layer_names for c in run.chunks)  # the same layers, TEST phase
+    run.sgd_step(-1)  # one real minibatch in the blobs
+    ev = CandidateEvaluator(run.eval_net, run.layers, run.stats, ["ip1", "ip2", "ip3"], 0.08, run.chunks)
+    with ev.session():
+        scores = [ev(np.array(c)).accuracy for c in [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]] * 4]
+        assert ev.forwards >= 8  # the crates alternate, so every call re-ran the net
+    assert len(set(scores[0::2])) == 1 and len(set(scores[1::2])) == 1
