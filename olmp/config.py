@@ -320,7 +320,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     missing = [k for k in required if k not in top]
     if missing:
         raise OlmpError(f"missing key(s) {', '.join(missing)}", path)
-    unknown = sorted(set(top) - {f.name for f in dataclasses.fields(Experiment)} - {"source"})
+    unknown = sorted(set(top) - ({f.name for f in dataclasses.fields(Experiment)} - {"source"}))  # source: ours
     if unknown:
         raise OlmpError(f"unknown key(s) {', '.join(unknown)}", path)
     for key in ("name", "solver", "net", "weights", "optimizer", "method", "mode"):

@@ -2,7 +2,7 @@
 
 Every case must end with exit status 2 and one stderr line ``olmp: error: FILE: problem``
 naming the bad file: never a Caffe abort or segfault (negative status), a traceback or a
-hang. The corpus (135 cases: net and solver prototxts, caffemodels, experiment files and
+hang. The corpus (136 cases: net and solver prototxts, caffemodels, experiment files and
 --set overrides, MNIST folders, run records, checkpoints and outputs) is generated here from
 the repository's own good files. All cases run through the CLI, a few at a time (most pay the
 pycaffe import: about a minute in all on two cores). Hypothesis adds random byte mutations,
@@ -240,6 +240,7 @@ def _toml_cases(d: Path) -> list[Case]:
         "t_not_utf8.toml": b.replace('"bad"', '"b\xe9d"').encode("latin-1"),
         "t_missing_weights.toml": b.replace(f'weights = "{GOOD_WEIGHTS}"', ""),
         "t_unknown_top_key.toml": b.replace("seed = 1", "seed = 1\ncolour = 3"),
+        "t_source_key.toml": b.replace("seed = 1", "seed = 1\nsource = 16"),  # olmp's own field: a TypeError
         "t_unknown_search_key.toml": b.replace("population = 4", "populaton = 4"),
         "t_string_population.toml": b.replace("population = 4", 'population = "four"'),
         "t_string_layers.toml": b.replace('["ip1", "ip2", "ip3"]', '"ip1"'),
