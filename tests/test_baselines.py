@@ -300,5 +300,5 @@ def test_best_never_reads_the_test_set(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         picks.append((tmp_path / "lenet5" / "best" / "SOURCE").read_text().strip())
         table = (tmp_path / "lenet5" / "runs.csv").read_text()
-        assert "best_progress_test_accuracy_chosen_on_test_set" in table.splitlines()[0]
+        assert "best_retraining_test_accuracy_chosen_on_test_set" in table.splitlines()[0]
     assert picks == ["sampling-seed1", "sampling-seed1"]  # the higher ratio, both times
