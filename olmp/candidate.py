@@ -216,7 +216,6 @@ class CumulativeEvaluator:
         delta: float,
         crates: dict[str, float],
     ) -> None:
-        self.net = net
         self.layers = layers
         self.stats = stats
         order = list(net._layer_names)

@@ -29,13 +29,14 @@ from olmp.errors import OlmpError
 TEST_EVERY = 1000  # solver steps between test-set points of the retraining curve
 
 
-def masks_of(path: str | Path, layers: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+def masks_of(model: "weights.Model | str | Path", layers: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
     """A model's masks: the mask blobs of a 4-blob fork file, else its nonzero entries."""
-    model = weights.read_caffemodel(path)
+    if not isinstance(model, weights.Model):
+        model = weights.read_caffemodel(model)
     out = {}
     for n in layers:
         if n not in model.layers:
-            raise OlmpError(f"no layer '{n}' to take masks from (file has: {', '.join(model.layers)})", path)
+            raise OlmpError(f"no layer '{n}' to take masks from (file has: {', '.join(model.layers)})", model.path)
         lp = model.layers[n]
         out[n] = [(m != 0).astype(np.float32) for m in (lp.masks if lp.masks is not None else lp.blobs)]
     return out
@@ -71,9 +72,10 @@ def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, p
     net, test_net = solver.net, solver.test_nets[0]
     test_net.share_with(net)
     weights.load_weights(net, prototxt.resolve_path(weights_path))
-    masks = masks_of(prototxt.resolve_path(masks_path), exp.layers)
+    donor = weights.read_caffemodel(prototxt.resolve_path(masks_path))  # read once: checked, then its masks
+    weights.check_against_net(donor, net)
+    masks = masks_of(donor, exp.layers)
     layers = MaskedLayers(net, exp.layers)
-    weights.check_against_net(weights.read_caffemodel(prototxt.resolve_path(masks_path)), net)
     for n in exp.layers:
         layers.set_masks(n, masks[n])
     layers.attach(solver)
