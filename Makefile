@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 OLMP := $(VENV)/bin/olmp
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup data reference reproduce test test-fast clean-build
+.PHONY: setup data reference reproduce test lint test-fast clean-build
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +22,9 @@ reproduce: data
 
 test: data
 	@$(PY) -m pytest -q tests
+
+lint: setup  # ruff (pyproject's [tool.ruff]) and the type check (pyproject's [tool.mypy] files)
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/mypy
 
 clean-build:
 	rm -rf $(VENV)

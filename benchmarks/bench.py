@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO))
 from olmp import atomic, caffe_bridge, config, evaluate, prototxt, reports, weights  # noqa: E402
 from olmp import masks as mask_rule  # noqa: E402
 from olmp.candidate import CandidateEvaluator  # noqa: E402
-from olmp.pipeline import Pipeline, selection_probability  # noqa: E402
+from olmp.crate_search import Scoring, search_crates  # noqa: E402
+from olmp.pipeline import Pipeline  # noqa: E402
 from olmp.thresholds import threshold  # noqa: E402
 
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
@@ -57,7 +58,7 @@ def search_mix(pipe: Pipeline) -> dict[tuple[str, ...], float]:
     exp = pipe.exp
     mix: dict[tuple[str, ...], float] = {}
     for itr in range(0, exp.pipeline.prune_stop_iter, exp.search.every):
-        p = {n: selection_probability(pipe.gamma(n), itr) for n in exp.layers}
+        p = {n: pipe.policy.selection_probability(n, itr) for n in exp.layers}
         for k in range(2, len(exp.layers) + 1):
             for subset in itertools.combinations(exp.layers, k):
                 prob = 1.0
@@ -86,7 +87,7 @@ def time_evaluations(pipe: Pipeline, selected: tuple[str, ...], xs: np.ndarray) 
     Alike: the same feasibility for every candidate and the same accuracy for every feasible one
     (with chunks, an infeasible candidate is reported with a bound once it is certainly infeasible).
     """
-    ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, list(selected), pipe.exp.search.delta, pipe.chunks)
+    ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, list(selected), pipe.exp.search.delta, chunks=pipe.chunks)
     order = list(pipe.net._layer_names)
     ordered = tuple(sorted(selected, key=order.index))
     with ev.session():
@@ -128,59 +129,28 @@ def bench_evaluation(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Ge
             "searches_expected": round(weight, 2), "per_layer_set": per_set}
 
 
-def bench_workers(pipe: Pipeline, evals: int, repeats: int, rng: np.random.Generator, workers: int = 2
-                  ) -> dict[str, Any]:
-    """Populations of the experiment's size scored here against across ``workers`` processes (all layers)."""
-    from olmp.parallel import WorkerPool  # noqa: PLC0415
-
-    selected = list(pipe.exp.layers)
-    pop = pipe.exp.search.population
-    lo, hi = pipe.exp.search.bounds
-    pool = WorkerPool(workers, pipe.eval_net, pipe._eval_net_param, pipe.eval_param, selected, len(pipe.chunks) or 1)
-    one, many = [], []
-    try:
-        for _ in range(repeats):
-            xs = list(np.clip(rng.normal(2.0, 2.0, size=(max(evals, pop), len(selected))), lo, hi))
-            gens = [xs[i:i + pop] for i in range(0, len(xs), pop)]
-            ev = CandidateEvaluator(pipe.net, pipe.layers, pipe.stats, selected, pipe.exp.search.delta, pipe.chunks)
-            with ev.session():
-                t0 = time.perf_counter()
-                local = [ev(x) for g in gens for x in g]
-                one.append(time.perf_counter() - t0)
-                pool.start(ev)
-                t0 = time.perf_counter()
-                spread = [e for g in gens for e in pool.map(g)]
-                many.append(time.perf_counter() - t0)
-                pool.end()
-            assert local == spread, "workers scored differently"
-    finally:
-        pool.close()
-    return {f"parallel_speedup_{workers}_workers": statistics.median(one) / statistics.median(many)}
-
-
 def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
     """The pipeline's first search (all layers, sigma at iteration 0) with the batch whole and in chunks.
 
-    The real ``Pipeline.search``, run repeatedly from the same state (generator, crates, masks put back
-    after each), alternating; the two records must be the same apart from their seconds.
+    The real search (olmp/crate_search.py), run repeatedly from the same state (generator, crates,
+    masks put back after each), alternating; the two records must be the same apart from their seconds.
     """
     exp = pipe.exp
-    saved = (pipe.draws.state(), dict(pipe.crates), pipe.layers.state())
+    crates = pipe.policy.crates
+    saved = (pipe.draws.state(), dict(crates), pipe.layers.state())
     parts = pipe.chunks
     small = exp.replace(search=exp.search.__class__(**{**vars(exp.search), "budget": budget}))
-    pipe.exp, times, records = small, {"whole": [], "chunks": []}, {}
-    try:
-        for _ in range(repeats):
-            for key, chunks in (("whole", []), ("chunks", parts)):
-                pipe.chunks = chunks
-                rec = pipe.search(0, list(exp.layers))
-                times[key].append(rec.pop("seconds"))
-                records[key] = rec
-                pipe.draws.load_state(saved[0])
-                pipe.crates = dict(saved[1])
-                pipe.layers.load_state(saved[2])
-    finally:
-        pipe.exp, pipe.chunks = exp, parts
+    times: dict[str, list[float]] = {"whole": [], "chunks": []}
+    records = {}
+    for _ in range(repeats):
+        for key, chunks in (("whole", []), ("chunks", parts)):
+            rec = search_crates(small, 0, list(exp.layers), crates, pipe.layers, pipe.stats,
+                                Scoring(pipe.eval_net, chunks), pipe.draws)
+            times[key].append(rec.pop("seconds"))
+            records[key] = rec
+            pipe.draws.load_state(saved[0])
+            crates.update(saved[1])
+            pipe.layers.load_state(saved[2])
     return {"search_chunks": len(parts), "search_evaluations": records["whole"]["evaluations"],
             "search_whole_s": statistics.median(times["whole"]), "search_chunked_s": statistics.median(times["chunks"]),
             "search_speedup_chunks": statistics.median(times["whole"]) / statistics.median(times["chunks"]),
@@ -222,21 +192,21 @@ def bench_step(pipe: Pipeline, chunk: int, repeats: int) -> dict[str, Any]:
 def pipeline_from_records(model: str) -> dict[str, Any]:
     """Medians over the finished paper-setting OLMP runs of this model (minibatch estimate, own reference)."""
     runs = [r for r in reports.load_runs(REPO / "results" / model)
-            if r.get("method", "olmp") == "olmp" and reports.own_reference(r)
-            and r["experiment"]["search"]["accuracy_on"] == "minibatch"]
+            if r.method == "olmp" and r.own_reference
+            and r.experiment["search"]["accuracy_on"] == "minibatch"]
     if not runs:
         return {}
-    wall = [r["seconds"].get("wall", r["seconds"]["this_session_wall"]) for r in runs]
-    sgd = [r["seconds"]["sgd"] for r in runs]
-    search = [r["seconds"]["search"] for r in runs]
+    wall = [r.seconds.get("wall", r.seconds["this_session_wall"]) for r in runs]
+    sgd = [r.seconds["sgd"] for r in runs]
+    search = [r.seconds["search"] for r in runs]
     return {"pipeline_seconds": statistics.median(wall), "sgd_seconds": statistics.median(sgd),
             "search_seconds": statistics.median(search),
             "search_fraction": statistics.median(s / w for s, w in zip(search, wall)),
-            "pipeline_runs": [str(r["_dir"].relative_to(REPO)) for r in runs]}
+            "pipeline_runs": [str(r.dir.relative_to(REPO)) for r in runs]}
 
 
 def pipeline_fresh(exp: config.Experiment) -> dict[str, Any]:
-    from olmp import pipeline  # noqa: PLC0415
+    from olmp import pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         rec = pipeline.prune(exp, Path(tmp) / "run", progress=True)
@@ -265,15 +235,15 @@ def markdown(result: dict[str, Any]) -> str:
              f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
              "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", "",
              "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | first search whole s | "
-             "in chunks s | chunks speedup | 2 workers | masked/plain SGD step | "
+             "in chunks s | chunks speedup | masked/plain SGD step | "
              "plain step ms | plain steps x niter s | pipeline s | search fraction | pipeline source |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, r in result.items():
         if model in ("machine", "command"):
             continue
         lines.append(f"| {model} | {r['eval_speedup']:.2f}x | {r['evals_per_second']:.0f} | "
                      f"{r['naive_evals_per_second']:.0f} | {r['search_whole_s']:.1f} | {r['search_chunked_s']:.1f} | "
-                     f"{r['search_speedup_chunks']:.2f}x | {r['parallel_speedup_2_workers']:.2f}x | "
+                     f"{r['search_speedup_chunks']:.2f}x | "
                      f"{r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | {r['sgd_floor_seconds']:.0f} | "
                      f"{r.get('pipeline_seconds', float('nan')):.0f} | {r.get('search_fraction', float('nan')):.3f} | "
                      f"{r.get('pipeline_source', '-')} |")
@@ -305,13 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             pipe = Pipeline(exp, Path(tmp), progress=False)
             pipe.sgd_step(-1)  # a minibatch in the blobs, masks from the initial crates as at the first search
             for n in exp.layers:
-                pipe.layers.update(n, threshold(pipe.stats[n], pipe.crates[n]))
+                pipe.layers.update(n, threshold(pipe.stats[n], pipe.policy.crates[n]))
             print(f"[bench] {model}: candidate evaluation", file=sys.stderr)
             r = bench_evaluation(pipe, evals, repeats, rng)
             print(f"[bench] {model}: one search, whole batch and in chunks", file=sys.stderr)
             r.update(bench_search(pipe, 100 if args.quick else exp.search.budget, repeats))
-            print(f"[bench] {model}: worker processes", file=sys.stderr)
-            r.update(bench_workers(pipe, evals, repeats, rng))
             print(f"[bench] {model}: SGD step", file=sys.stderr)
             r.update(bench_step(pipe, chunk, repeats * 3))
             r["sgd_floor_seconds"] = r["plain_step_ms"] * exp.pipeline.niter / 1e3  # plain steps alone

@@ -1,3 +1,5 @@
-from olmp.cli import main
 import sys
+
+from olmp.cli import main
+
 sys.exit(main())

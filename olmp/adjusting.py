@@ -26,7 +26,8 @@ gradients (a solver that clips gradients by their global norm would see the diff
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class MaskedLayers:
         self._masked = False
 
     @contextlib.contextmanager
-    def masked(self) -> Iterator["MaskedLayers"]:
+    def masked(self) -> Iterator[MaskedLayers]:
         """Show W*M in the blobs (for evaluation or saving), then put W back."""
         if self._masked:
             yield self

@@ -14,8 +14,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # errors of the file system written to, not of the data: reported against the file the user named
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
@@ -61,7 +62,7 @@ def check_target(target: str | Path, folder: bool = False) -> Path:
     return target
 
 
-def _write_error(exc: OSError, target: Path, tmp: Path) -> "Exception | None":
+def _write_error(exc: OSError, target: Path, tmp: Path) -> Exception | None:
     """The one-line error naming ``target`` for a failed write into its temporary ``tmp``."""
     from olmp.errors import OlmpError  # noqa: PLC0415
 
@@ -80,22 +81,27 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success.
 
     Works for files and for directories (an LMDB, a run folder). On failure the
-    temporary is removed and ``target`` is left exactly as it was.
+    temporary is removed, ``target`` is left exactly as it was, and so are the folders
+    above it: those made here are removed again.
     """
     target = Path(target)
     if target.exists() and not target.is_dir():
         check_target(target)  # never rename over a device or FIFO
+    made = _missing_folders(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
         from olmp.errors import OlmpError  # noqa: PLC0415
 
+        _remove_empty(made)
         raise OlmpError(f"cannot write into {target.parent}: {exc.strerror or exc}", target) from None
     tmp_target = tmp / target.name
+    done = False
     try:
         try:
             yield tmp_target
+            _fsync_tree(tmp_target)  # a disk's write error shows at writeback: here, before the rename
         except OSError as exc:  # a full disk, an I/O error: name the file asked for, not the temporary
             err = _write_error(exc, target, tmp)
             if err is None:
@@ -114,8 +120,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 raise OlmpError("is a folder; give a file name to write", target)
             os.replace(tmp_target, target)
         _fsync_dir(target.parent)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(made)
 
 
 OLD = ".old"
@@ -156,12 +165,23 @@ def clean(folder: str | Path) -> list[str]:
     return removed
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, innermost first."""
+    return [p for p in (folder, *folder.parents) if not p.exists()]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write made (innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer's files), or gone: leave it
+            break
+
+
 def write_bytes(target: str | Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -170,6 +190,20 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync a written file, or every file under a written folder. Writers that never sync (matplotlib,
+    a copy) would otherwise have a failing disk's EIO lost, and a damaged file renamed into place."""
+    if not path.exists():
+        return
+    for f in [path] if not path.is_dir() else sorted(path.rglob("*")):
+        if f.is_file() and not f.is_symlink():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

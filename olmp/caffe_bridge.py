@@ -6,7 +6,7 @@ The first net or solver of a process is built in a forked child first, so that a
 net Caffe CHECK-fails on becomes a one-line error instead of an abort. Later ones
 are not: by then Caffe's data-prefetch threads run, and a forked child can block on
 a lock one of them held. Later nets are derived from the first (the pipeline's
-validation net), or built in fresh worker processes, whose first build is probed.
+validation net).
 On the GPU (``--gpu``) nothing is probed: a forked child cannot use CUDA.
 """
 
@@ -18,9 +18,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
 
 _caffe: ModuleType | None = None
 PROBE_SECONDS = 60.0  # a probe child taking longer is given up on (see probe)
@@ -34,7 +34,7 @@ def set_verbose(verbose: bool) -> None:
     """Show Caffe's own INFO log (``--verbose``); default shows errors only."""
     if _caffe is not None:
         return
-    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("OLMP_GLOG_MINLOGLEVEL", "2")
+    os.environ["GLOG_minloglevel"] = "0" if verbose else os.environ.get("OLMP_GLOG_MINLOGLEVEL", "2")  # noqa: SIM112
 
 
 def caffe() -> ModuleType:
@@ -42,10 +42,14 @@ def caffe() -> ModuleType:
     global _caffe
     if _caffe is None:
         os.environ.setdefault("GLOG_minloglevel", os.environ.get("OLMP_GLOG_MINLOGLEVEL", "2"))
+        # read by libgomp when _caffe.so loads it: with OMP_NUM_THREADS > 1 (patch 0007), a thread
+        # waiting for its partner sleeps instead of spinning; spinning halved the speed of a LeNet-5
+        # step on 2 cores shared with other runs (benchmarks/openmp_conv.py); sleeping cost nothing there
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         try:
             import caffe as _c  # noqa: PLC0415
         except ImportError as exc:
-            from olmp.errors import OlmpError
+            from olmp.errors import OlmpError  # noqa: PLC0415  (only on this failure)
 
             raise OlmpError(f"pycaffe is not importable ({exc}); run `make setup`") from exc
         _c.set_mode_cpu()
@@ -68,14 +72,29 @@ def has_cuda() -> bool:
     return any(m in data for m in _CUDA_MARKERS)
 
 
-def _cuda_device_count() -> int | None:
-    """Devices the CUDA runtime sees, or None when it cannot be asked (then Caffe checks)."""
-    try:
-        rt = ctypes.CDLL("libcudart.so")
-    except OSError:
+def _cuda_device_count() -> tuple[int, str] | None:
+    """Devices the CUDA runtime sees and, when none, the runtime's reason; None when it cannot be asked.
+
+    The runtime is the one _caffe.so links (libcudart.so.13 from the pip wheels, already loaded: the
+    wheels have no plain libcudart.so). Without a device Caffe's set_device CHECK-fails (an abort).
+    """
+    import re  # noqa: PLC0415
+
+    linked = re.search(rb"libcudart\.so(?:\.\d+)*", library_path().read_bytes())
+    for name in ([linked.group().decode()] if linked else []) + ["libcudart.so"]:
+        try:
+            rt = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
         return None
     count = ctypes.c_int(0)
-    return count.value if rt.cudaGetDeviceCount(ctypes.byref(count)) == 0 else 0
+    rc = rt.cudaGetDeviceCount(ctypes.byref(count))
+    if rc == 0:
+        return count.value, ""
+    rt.cudaGetErrorString.restype = ctypes.c_char_p
+    return 0, (rt.cudaGetErrorString(rc) or b"").decode(errors="replace")
 
 
 def use_gpu(device: int | None) -> None:
@@ -98,9 +117,10 @@ def use_gpu(device: int | None) -> None:
             "rebuild with `OLMP_CAFFE_VARIANT=cuda make setup` (see docker/README.md)",
             library_path(),
         )
-    count = _cuda_device_count()
-    if count is not None and device >= count:
-        raise OlmpError(f"--gpu {device}: the CUDA runtime sees {count} device(s)")
+    seen = _cuda_device_count()
+    if seen is not None and device >= seen[0]:
+        why = f" ({seen[1]})" if seen[1] else ""
+        raise OlmpError(f"--gpu {device}: the CUDA runtime sees {seen[0]} device(s){why}")
     c.set_mode_gpu()
     c.set_device(device)
     _gpu = device
@@ -189,9 +209,9 @@ def snapshot(solver: object, folder: Path, where: str | os.PathLike, need: int =
     """``solver.snapshot()`` where a failed write cannot abort this process.
 
     Caffe CHECK-fails (SIGABRT) when it cannot write a snapshot, e.g. on a full disk. On the
-    CPU the snapshot (into ``folder``, the solver's snapshot_prefix) is written by a forked child, whose abort becomes a one-line error
-    naming ``where``. The child only serialises blobs (no data-reader lock); should it still
-    hang past SNAPSHOT_SECONDS (a lock copied by fork), the snapshot is written here after
+    CPU the snapshot (into ``folder``, the solver's snapshot_prefix) is written by a forked child, whose
+    abort becomes a one-line error naming ``where``. The child only serialises blobs (no data-reader
+    lock); should it still hang past SNAPSHOT_SECONDS (a lock copied by fork), the snapshot is written here after
     checking that ``need`` bytes are free. On the GPU (no fork) only that check is made.
     """
     from olmp.errors import OlmpError  # noqa: PLC0415

@@ -20,8 +20,9 @@ the constraint). Every other candidate reads all chunks, and its accuracy is the
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,9 +93,12 @@ def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Chunk]
 
 
 class CandidateEvaluator:
-    """Scores crates of the selected layers; use inside ``session()`` only."""
+    """Scores crates of the selected layers; use inside ``session()`` only.
 
-    scores_start = False  # the search's best starts empty (standard mode)
+    The standard mode's evaluation: every candidate starts from the live masks, which are put back
+    afterwards; the search's best starts empty and is applied only if it is feasible on the whole
+    batch and no larger than the model before the search.
+    """
 
     def __init__(
         self,
@@ -103,12 +107,14 @@ class CandidateEvaluator:
         stats: dict[str, LayerStats],
         selected: Sequence[str],
         delta: float,
+        crates: dict[str, float] | None = None,
         chunks: Sequence[Chunk] = (),
     ) -> None:
         self.net = net
         self.layers = layers
         self.stats = stats
         order = list(net._layer_names)
+        self.given = list(selected)  # the search's order of the crates
         self.selected = sorted(selected, key=order.index)
         self.first_prunable = min(layers.names, key=order.index)
         self.delta = delta
@@ -128,7 +134,7 @@ class CandidateEvaluator:
         self.forwards = 0  # evaluations that had to re-run part of the net (or of one chunk)
 
     @contextlib.contextmanager
-    def session(self) -> Iterator["CandidateEvaluator"]:
+    def session(self) -> Iterator[CandidateEvaluator]:
         """Mask the net, measure the current model on the batch, and restore all on exit."""
         with self.layers.masked():
             self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.selected}
@@ -189,6 +195,23 @@ class CandidateEvaluator:
         acc = (self.images - wrong) / self.images
         return Evaluation(remaining / self.total, acc, acc - floor)
 
+    def begin(self, opt: Any, x0: np.ndarray, infeasible_fitness: float) -> float | None:
+        """The search's best starts empty: nothing to score before the first generation."""
+        return None
+
+    def check_best(self, res: Any, margin: float | None) -> float | None:
+        """The best's margin on the whole batch (a chunked score may have stopped early)."""
+        return None if res.xbest is None else self(res.xbest, whole_batch=True).margin
+
+    def apply(self, res: Any, margin: float | None, size_before: float, crates: dict[str, float]) -> bool:
+        """Take the best crates if feasible and no larger than before; call after the session."""
+        if res.xbest is None or margin is None or margin < 0 or res.fbest > size_before:
+            return False
+        for n, c in zip(self.given, res.xbest):
+            crates[n] = float(c)
+            self.layers.update(n, threshold(self.stats[n], float(c)))
+        return True
+
 
 class CumulativeEvaluator:
     """The released scripts' candidate evaluation (reference doc §9): nothing is put back.
@@ -199,13 +222,11 @@ class CumulativeEvaluator:
     are where candidate k+1 starts, so hysteresis-band weights pruned by an aggressive candidate
     stay pruned. The size counted is the mask state right after the candidate's update.
 
-    The search starts from the current crates evaluated once (``scores_start``), and afterwards
+    The search starts from the current crates evaluated once (``begin``), and afterwards
     the best crates are applied to every layer on top of the masks the last candidate left
     (``conclude``). Re-running from the first layer whose mask changed is exact: the layers
     below it see the same weights and the same minibatch.
     """
-
-    scores_start = True
 
     def __init__(
         self,
@@ -214,8 +235,11 @@ class CumulativeEvaluator:
         stats: dict[str, LayerStats],
         selected: Sequence[str],
         delta: float,
-        crates: dict[str, float],
+        crates: dict[str, float] | None = None,
+        chunks: Sequence[Chunk] = (),
     ) -> None:
+        if crates is None or chunks:
+            raise ValueError("cumulative evaluation needs the current crates and scores the whole batch (no chunks)")
         self.layers = layers
         self.stats = stats
         order = list(net._layer_names)
@@ -233,7 +257,7 @@ class CumulativeEvaluator:
         self._count = {n: layers.remaining(n) for n in self.order}
 
     @contextlib.contextmanager
-    def session(self) -> Iterator["CumulativeEvaluator"]:
+    def session(self) -> Iterator[CumulativeEvaluator]:
         """Mask the net and measure the current model on the minibatch; the live masks keep every change."""
         with self.layers.masked():
             self._absw = {n: [np.abs(w) for w in self.layers.dense(n)] for n in self.order}
@@ -241,7 +265,7 @@ class CumulativeEvaluator:
             self.reference_accuracy = self.view.correct / self.view.images
             yield self
 
-    def __call__(self, crates: Sequence[float], whole_batch: bool = False) -> Evaluation:
+    def __call__(self, crates: Sequence[float] | np.ndarray, whole_batch: bool = False) -> Evaluation:
         """Update every layer's live mask for ``crates`` (selected layers), re-run, and score."""
         values = {**self.current, **dict(zip(self.selected, (float(c) for c in crates)))}
         first_changed = None
@@ -266,7 +290,22 @@ class CumulativeEvaluator:
         floor = self.reference_accuracy - self.delta
         return Evaluation(sum(self._count.values()) / self.total, acc, acc - floor)
 
-    def conclude(self, best: np.ndarray, crates: dict[str, float]) -> None:
+    def begin(self, opt: Any, x0: np.ndarray, infeasible_fitness: float) -> float | None:
+        """The current crates' fitness is the best to beat (§9)."""
+        start = self(x0)
+        opt.start_from(x0, start.size if start.feasible else infeasible_fitness)
+        return start.margin
+
+    def check_best(self, res: Any, margin: float | None) -> float | None:
+        """The released scripts never re-check the best."""
+        return None
+
+    def apply(self, res: Any, margin: float | None, size_before: float, crates: dict[str, float]) -> bool:
+        """Always: the best (or the starting crates) on the masks the last candidate left."""
+        self.conclude(res.xbest, crates)
+        return True
+
+    def conclude(self, best: Sequence[float], crates: dict[str, float]) -> None:
         """Write the best crates and give EVERY layer its mask update, on the masks the last candidate left."""
         for n, c in zip(self.selected, best):
             crates[n] = float(c)

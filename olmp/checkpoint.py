@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from olmp import atomic, caffe_bridge, testhook, weights
+from olmp import atomic, caffe_bridge, weights
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
-RESULT_FREE = ("source", "search.workers", "search.chunks")  # a resume may change these: same result either way
+# a resume may change these: same result either way (variant is a label; records before it lack it)
+RESULT_FREE = ("source", "variant", "search.workers", "search.chunks")
 SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move
 
 
@@ -49,7 +50,7 @@ class RunLock:
         fcntl.flock(self._fh, fcntl.LOCK_UN)
         self._fh.close()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
@@ -98,13 +99,9 @@ def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], stat
         os.replace(model, tmp / "weights.caffemodel")
         os.replace(solverstate, tmp / "solver.solverstate")
         with open(tmp / "masks.npz", "wb") as fh:
-            np.savez(fh, **mask_state)
-        text = json.dumps(state)
+            np.savez(fh, **mask_state)  # type: ignore[arg-type]  # (numpy's stub reads ** as allow_pickle)
         with open(tmp / "state.json", "w") as fh:
-            fh.write(text[: len(text) // 2])
-            fh.flush()
-            testhook.kill_at("checkpoint", state["next_itr"])  # tests: a kill in mid-write
-            fh.write(text[len(text) // 2:])
+            fh.write(json.dumps(state))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -7,9 +7,11 @@ Verbs with ``--json`` put their JSON on the last line of stdout.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from olmp import paths
 from olmp.errors import OlmpError
@@ -137,9 +139,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                  ("weights", paths.from_cwd(args.weights)))
                if v is not None}
     exp = config.check(exp.replace(**changes))
-    from olmp import pipeline  # after the checks: a bad file is refused without importing Caffe
-    label = exp.optimizer if exp.method == "olmp" else exp.method
-    out = args.out or f"runs/{exp.name}/{label}-seed{exp.seed}"
+    from olmp import pipeline, record  # after the checks: a bad file is refused without importing Caffe
+    from olmp.policies import POLICIES
+
+    name = record.run_name(exp.method, exp.optimizer, exp.seed, POLICIES[exp.method].searches)
+    out = args.out or f"runs/{exp.name}/{name}"
     rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)
     f = rec["final"]
     summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
@@ -170,16 +174,23 @@ def cmd_transplant(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from olmp import figures, reports
+    from pathlib import Path
 
-    from pathlib import Path  # noqa: PLC0415
+    from olmp import (
+        atomic,
+        figures,
+        reports,
+    )
 
-    from olmp import atomic  # noqa: PLC0415
-
+    if not args.dirs and not args.references:
+        raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
     names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
     for d in args.dirs:  # every output checked before the first is written
         for name in names:
             atomic.check_target(Path(d) / name)
+    if args.references:
+        atomic.check_target(Path(args.references).parent / "references.md")
+        print(f"wrote {reports.write_references_table(args.references)}")
     for d in args.dirs:
         res = reports.write_runs_table(d)
         figs = sorted({p.stem for p in figures.write_report_figures(d)})
@@ -196,9 +207,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from olmp import sweep
+
+    if args.from_results:
+        n = sweep.write_from_results(args.from_results, args.file)
+        print(f"wrote {args.file}: {n} runs from the records under {args.from_results}")
+        return 0
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise OlmpError(f"--max-parallel must be >= 1, got {args.max_parallel}")
+    sw = sweep.read(args.file)
+    if args.dry_run:
+        rows, drifts = sweep.plan(sw, sw.select(args.only) if args.only else None)
+        print("\n".join(sweep.describe(sw, rows)))
+        for line in drifts:
+            print(f"olmp: error: {line}", file=sys.stderr)
+        return 2 if drifts else 0
+    return sweep.run(sw, only=args.only, max_parallel=args.max_parallel, address=args.address,
+                     gpu=args.gpu_tasks, shared_fs=False if args.no_shared_fs else None, status_file=args.status)
+
+
 def _gpu_option(parser: argparse.ArgumentParser) -> None:
     """Every verb that runs a net can run it on a GPU; the CPU stays the default."""
     parser.add_argument("--gpu", type=int, metavar="N", help="run on CUDA device N (needs a CUDA pycaffe build)")
+
+
+class _RegistryNames:
+    """argparse choices read from a registry (e.g. olmp.search.OPTIMIZERS) only when an option is used:
+    importing the optimizers loads pycma (seconds), which ``olmp --help`` or ``olmp data`` need not pay."""
+
+    def __init__(self, module: str, registry: str) -> None:
+        self.module, self.registry = module, registry
+
+    def _names(self) -> list[str]:
+        return list(getattr(importlib.import_module(self.module), self.registry))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prune", help="run the OLMP pipeline of an experiment file")
     r.add_argument("--experiment", required=True, help="TOML file, or a name in scripts/experiments/")
-    r.add_argument("--optimizer", choices=["ncs", "cmaes", "sampling"])
+    r.add_argument("--optimizer", choices=_RegistryNames("olmp.search", "OPTIMIZERS"), metavar="NAME",
+                   help="%(choices)s (default: the experiment's)")  # a metavar: argparse lists choices only for help
     r.add_argument("--seed", type=int)
     r.add_argument("--weights", help="reference caffemodel (overrides the experiment's)")
     r.add_argument("--out", help="run folder (default runs/<name>/<optimizer or method>-seed<seed>)")
@@ -280,8 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     _gpu_option(tp)
     tp.set_defaults(func=cmd_transplant)
 
+    sw = sub.add_parser("sweep", help="run the runs a sweep file lists as Ray tasks (sweeps/paper.toml: every "
+                        "committed run); --dry-run checks the committed records against it")
+    sw.add_argument("file", metavar="FILE", help="the sweep file (TOML)")
+    sw.add_argument("--only", metavar="PATTERN", help="only the runs whose out matches (a glob, or a folder)")
+    sw.add_argument("--max-parallel", type=int, metavar="N", help="runs at a time (default: the local cores)")
+    sw.add_argument("--address", metavar="ADDR", help="join the Ray cluster at ADDR (default: start Ray here)")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan; exit 2 on a record the file does not "
+                    "make, and (complete sweeps) on a listed folder without a record or a record not listed")
+    sw.add_argument("--gpu", dest="gpu_tasks", action="store_true", help="each run takes one GPU (Ray's)")
+    sw.add_argument("--no-shared-fs", action="store_true", help="workers do not see the driver's folders: "
+                    "files travel with the tasks (found out by itself otherwise)")
+    sw.add_argument("--status", metavar="FILE", help="the live status table (default ROOT/sweeps/NAME-status.md)")
+    sw.add_argument("--from-results", metavar="DIR", help="write FILE listing every run under DIR (from the records)")
+    sw.set_defaults(func=cmd_sweep)
+
     rp = sub.add_parser("report", help="regenerate tables and figures from run records (results/<model>)")
-    rp.add_argument("dirs", nargs="+")
+    rp.add_argument("dirs", nargs="*")
+    rp.add_argument("--references", metavar="DIR", help="also write references.md beside DIR "
+                    "(results/references -> results/references.md) from DIR/<model>/train.json")
     rp.set_defaults(func=cmd_report)
 
     cp = sub.add_parser("compare", help="results/<model>/comparison.csv + .md: every method, measured and reported")

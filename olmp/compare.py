@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from olmp import atomic, paths, reports
+from olmp.record import RunRecord
 
 LAYERS = {"lenet300100": ["ip1", "ip2", "ip3"], "lenet5": ["conv1", "conv2", "ip1", "ip2"]}
 TOTALS = {"lenet300100": 266_610, "lenet5": 431_080}
@@ -45,7 +46,8 @@ REPORTED: dict[str, list[dict[str, Any]]] = {
     "lenet5": [
         {"method": "olmp-ncs", "remaining": 1448, "total": 431_080, "ratio": 297.71, "test_accuracy": 0.9909,
          "reference_accuracy": 0.9909, "layers": {"conv1": 14.0, "conv2": 0.77, "ip1": 0.20, "ip2": 7.4},
-         "note": f"Li et al., IJCAI 2018: released model, keeps the reference accuracy (reference doc §5){RELEASED_NCS}",
+         "note": "Li et al., IJCAI 2018: released model, keeps the reference accuracy (reference doc §5)"
+                 + RELEASED_NCS,
          "file": "lenet5_olmp_compressed"},
         {"method": "deep-compression", "remaining": 36_000, "total": 431_000, "ratio": 12.0,
          "test_accuracy": 1 - 0.0077, "reference_accuracy": 1 - 0.0080,
@@ -60,30 +62,24 @@ REPORTED: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def method_label(rec: dict[str, Any]) -> str:
-    """olmp-<optimizer> for OLMP runs (records from before baselines have no method), else the method."""
-    method = rec.get("method", "olmp")
-    return f"olmp-{rec['optimizer']}" if method == "olmp" else method
-
-
 def columns(model: str) -> list[str]:
     return (["method", "source", "seed", "remaining", "total", "ratio", "test_accuracy", "reference_accuracy"]
             + [f"{n}_remaining_pct" for n in LAYERS[model]] + ["wall_seconds", "note"])
 
 
-def measured_row(rec: dict[str, Any]) -> dict[str, Any]:
-    f = rec["final"]
-    exp = rec.get("experiment", {})
-    secs = rec.get("seconds", {})
-    note = [f"run {Path(rec['_dir']).name}", f"experiment {exp.get('name', '?')}"]
-    if exp.get("search", {}).get("accuracy_on") == "validation" and rec.get("method", "olmp") == "olmp":
+def measured_row(rec: RunRecord) -> dict[str, Any]:
+    f = rec.final
+    exp = rec.experiment
+    secs = rec.seconds
+    note = [f"run {rec.name}", f"experiment {exp.get('name', '?')}"]
+    if exp.get("search", {}).get("accuracy_on") == "validation" and rec.searched:
         note.append("feasibility on a fixed training-image batch")
     if "wall" not in secs:
         note.append("wall = last session only")
     row = {
-        "method": method_label(rec), "source": "measured", "seed": rec["seed"],
+        "method": rec.label, "source": "measured", "seed": rec.seed,
         "remaining": f["remaining"], "total": f["total"], "ratio": round(f["ratio"], 2),
-        "test_accuracy": f["test"]["accuracy"], "reference_accuracy": rec["reference"]["test"]["accuracy"],
+        "test_accuracy": f["test"]["accuracy"], "reference_accuracy": rec.reference["test"]["accuracy"],
         "wall_seconds": secs.get("wall", secs.get("this_session_wall")), "note": "; ".join(note),
     }
     for n, v in f["layers"].items():

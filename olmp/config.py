@@ -1,48 +1,108 @@
 """One experiment = one readable TOML file (scripts/experiments/*.toml).
 
-The dataclasses below hold the settings of reference doc §3; their defaults are
-the paper's LeNet settings. Loading checks every value and reports a bad one in
-one line naming the file and the key.
+An experiment is four frozen dataclasses (Experiment and its [search], [pipeline] and [baseline]
+tables) whose fields carry their types and ranges; pydantic (v2) validates a file against them.
+Their defaults are the paper's LeNet settings (reference doc §3). ``check`` then applies the rules
+that tie several settings together, and the names that only the registries know: methods
+(olmp.policies.POLICIES, whose classes say what each needs), optimizers (olmp.search.OPTIMIZERS)
+and modes (olmp.modes.MODES).
+
+Any bad value is reported in one line naming the file and the key, e.g.
+``exp.toml: search.delta must be in [0, 1], got -0.1``.
+
+The models are pydantic *dataclasses* rather than BaseModels because run records store
+``Experiment.to_dict()``, which is ``dataclasses.asdict``: tuples stay tuples, floats stay floats,
+and the records' JSON does not change by a byte (tests/test_config.py compares them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Literal, NoReturn, get_args
+
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from olmp import paths
 from olmp.errors import OlmpError
 
-OPTIMIZER_NAMES = ("ncs", "cmaes", "sampling")
-CONSTRAINTS = ("penalty", "al")
-# threshold policies (olmp/policies.py holds the classes; a test checks the two agree)
-METHOD_NAMES = ("olmp", "deep-compression", "dns", "global-magnitude", "uniform")
-SCANNED_METHODS = ("deep-compression", "dns")  # per-layer values from a sensitivity scan
-ROUND_METHODS = ("deep-compression", "global-magnitude", "uniform")  # prune in rounds, no splicing
-# the optimizers' min_popsize (olmp/search/, a test checks they agree), without importing pycma here
-MIN_POPULATION = {"cmaes": 2}
 INT_MAX = 2**31 - 1  # Caffe's solver counts iterations (and takes its seed) in 32 bits
+SECTIONS = ("search", "pipeline", "baseline")
 
 
-@dataclass(frozen=True)
+# ---- value types: what a key accepts, and the words that say so in an error ------------------------
+# Strict: TOML has real types, so "3" is not a number and true is not 1; an int is a fine float.
+
+def _int32(value: int) -> int:
+    if abs(value) > INT_MAX:
+        raise PydanticCustomError("int32", f"an integer of at most {INT_MAX}")
+    return value
+
+
+def _one_step_size(value: Any) -> Any:
+    """``sigma = 5.0`` is short for one step size from iteration 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ((0, value),)
+    return value
+
+
+Int = Annotated[int, Strict(), AfterValidator(_int32), Field(description="an integer")]
+Count = Annotated[Int, Field(ge=1)]  # a number of iterations, images, candidates...: at least one
+Float = Annotated[float, Strict(), AllowInfNan(False), Field(description="a finite number")]
+Fraction = Annotated[Float, Field(ge=0, le=1)]
+NonNegative = Annotated[Float, Field(ge=0)]
+Str = Annotated[str, Strict(), Field(description="a string")]
+Table = Annotated[dict[str, Float], Field(description="a table of finite numbers")]
+ByLayerType = Annotated[  # Caffe layer type -> value; the prunable types only
+    dict[Literal["Convolution", "InnerProduct"], NonNegative],
+    Field(description="a table mapping Convolution/InnerProduct to numbers >= 0"),
+]
+Bounds = Annotated[tuple[Float, Float], Field(description="[lower, upper], two finite numbers")]
+Grid = Annotated[tuple[Float, ...], Field(min_length=1, description="a non-empty list of finite numbers")]
+Schedule = Annotated[  # (from iteration, step size), in the file [[0, 5.0], [15000, 0.5]] or a number
+    tuple[tuple[Int, Float], ...],
+    BeforeValidator(_one_step_size),
+    Field(min_length=1, description="a number or a list of [from_iteration, step_size] pairs"),
+]
+LayerNames = Annotated[tuple[Annotated[str, Strict()], ...], Field(description="a list of layer names")]
+Seed = Annotated[int, Strict(), Field(ge=0, le=INT_MAX, description="an integer")]
+
+_NO_EXTRA = ConfigDict(extra="forbid")  # an unknown key is an error, never silently ignored
+
+
+# ---- [search] ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class SearchConfig:
-    every: int = 1000  # K: search every K iterations
-    min_layers: int = 2  # a search needs at least this many selected layers (the paper: 2)
-    population: int = 10
-    budget: int = 1600  # fitness evaluations per search
-    bounds: tuple[float, float] = (0.0, 10.0)  # crate bounds
-    sigma: tuple[tuple[int, float], ...] = ((0, 5.0),)  # (from iteration, step size)
-    delta: float = 0.08  # allowed accuracy loss
-    constraint: str = "penalty"  # infeasible -> infeasible_fitness, or cma's augmented Lagrangian
-    infeasible_fitness: float = 1.1
-    accuracy_on: str = "minibatch"  # "minibatch" (paper) or "validation"
-    validation_images: int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
-    workers: int = 1  # processes scoring a population (results do not depend on it)
-    chunks: int = 1  # score the batch in this many parts, stopping once infeasible (exact; olmp/candidate.py)
+    """OLMP's search for per-layer crates (reference doc §3, §4); policies that do not search ignore it."""
+
+    every: Count = 1000  # K: search every K iterations
+    min_layers: Int = 2  # a search needs at least this many selected layers (the paper: 2)
+    population: Count = 10
+    budget: Count = 1600  # fitness evaluations per search
+    bounds: Bounds = (0.0, 10.0)  # crate bounds
+    sigma: Schedule = ((0, 5.0),)  # (from iteration, step size)
+    delta: Fraction = 0.08  # allowed accuracy loss
+    constraint: Str = "penalty"  # infeasible -> infeasible_fitness, or cma's augmented Lagrangian ("al")
+    infeasible_fitness: Float = 1.1
+    accuracy_on: Literal["minibatch", "validation"] = "minibatch"  # the paper: the current minibatch
+    validation_images: Int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
+    workers: Count = 1  # must be 1: kept so that files and records that name it still read (see check)
+    chunks: Count = 1  # score the batch in this many parts, stopping once infeasible (exact; olmp/candidate.py)
 
     def sigma_at(self, itr: int) -> float:
         """The step-size schedule: the last entry whose start iteration is <= itr."""
@@ -53,20 +113,26 @@ class SearchConfig:
         return value
 
 
-@dataclass(frozen=True)
+# ---- [pipeline] ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class PipelineConfig:
-    niter: int = 30001
-    prune_stop_iter: int = 15000
-    initial_crate: float = 0.001
-    gamma: dict[str, float] = field(default_factory=lambda: {"Convolution": 2e-5, "InnerProduct": 2e-4})
-    record_every: int = 500
-    checkpoint_every: int = 1000
-    retrain_lr: str = "continue"  # "rewind": the retraining phase restarts the solver's lr schedule at 0
+    """The pruning run around the policy: Caffe's SGD steps, mask updates, records and checkpoints."""
+
+    niter: Annotated[Count, Field(lt=INT_MAX)] = 30001
+    prune_stop_iter: Annotated[Int, Field(ge=0)] = 15000
+    initial_crate: Float = 0.001
+    gamma: ByLayerType = dataclasses.field(default_factory=lambda: {"Convolution": 2e-5, "InnerProduct": 2e-4})
+    record_every: Count = 500
+    checkpoint_every: Count = 1000
+    retrain_lr: Literal["continue", "rewind"] = "continue"  # rewind: retraining restarts the lr schedule at 0
 
 
-@dataclass(frozen=True)
+# ---- [baseline] ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class BaselineConfig:
-    """Settings of the baseline policies (olmp/policies.py); OLMP ignores them.
+    """Settings of the baseline policies (olmp/policies/); OLMP ignores them.
 
     deep-compression: threshold_l = quality_l * std(weights_l); dns: T_l = max(mu_l + crate_l * sigma_l, 0).
     Their per-layer value comes from ``values`` when given, else from a sensitivity scan over ``grid``
@@ -74,214 +140,228 @@ class BaselineConfig:
     before the first one whose one-shot accuracy drop exceeds ``tolerance``; then times ``scale``.
     """
 
-    validation_images: int = 2000  # fixed batch from the start of the TRAIN source, for the scan
-    grid: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0)
-    tolerance: float = 0.02  # allowed one-shot accuracy drop per layer on the validation batch
-    scale: float = 1.0  # multiplies the scanned values (the trade-off knob: several runs, several scales)
-    values: dict[str, float] = field(default_factory=dict)  # per-layer quality/crate: skips the scan
-    rounds: int = 5  # deep-compression, global-magnitude, uniform: prune -> retrain rounds
-    sparsity: float = 0.0  # global-magnitude, uniform: final fraction of parameters pruned
-    gamma: float = 1e-4  # dns: mask update probability (1 + gamma * iter) ** -power
-    gamma_by_type: dict[str, float] = field(default_factory=dict)  # dns: per layer type, overrides gamma
-    power: float = 1.0
+    validation_images: Int = 2000  # fixed batch from the start of the TRAIN source, for the scan
+    grid: Grid = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0)
+    tolerance: Fraction = 0.02  # allowed one-shot accuracy drop per layer on the validation batch
+    scale: Annotated[Float, Field(gt=0)] = 1.0  # multiplies the scanned values (the trade-off knob)
+    values: Table = dataclasses.field(default_factory=dict)  # per-layer quality/crate: skips the scan
+    rounds: Count = 5  # deep-compression, global-magnitude, uniform: prune -> retrain rounds
+    sparsity: Float = 0.0  # global-magnitude, uniform: final fraction of parameters pruned
+    gamma: NonNegative = 1e-4  # dns: mask update probability (1 + gamma * iter) ** -power
+    gamma_by_type: ByLayerType = dataclasses.field(default_factory=dict)  # dns: per layer type, overrides gamma
+    power: NonNegative = 1.0
 
 
-@dataclass(frozen=True)
+# ---- the experiment ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, config=_NO_EXTRA)
 class Experiment:
-    name: str
-    solver: str
-    net: str
-    weights: str
-    layers: tuple[str, ...]
-    optimizer: str = "ncs"
-    seed: int = 1
-    method: str = "olmp"  # threshold policy: olmp | deep-compression | dns | global-magnitude | uniform
-    mode: str = "standard"  # "released": the authors' scripts exactly (reference doc §9, olmp/draws.py)
+    """One experiment file: what to prune (solver, net, weights, layers), how, and with which seed."""
+
+    name: Str
+    solver: Str
+    net: Str
+    weights: Str
+    layers: LayerNames
+    optimizer: Str = "ncs"  # a key of olmp.search.OPTIMIZERS
+    seed: Seed = 1
+    method: Str = "olmp"  # threshold policy: a key of olmp.policies.POLICIES
+    mode: Str = "standard"  # a key of olmp.modes.MODES; "released": the authors' scripts exactly (§9)
+    variant: Str = ""  # a short tag where the run departs from its method's usual settings ("rewind", ...)
     search: SearchConfig = SearchConfig()
     pipeline: PipelineConfig = PipelineConfig()
     baseline: BaselineConfig = BaselineConfig()
-    source: str = ""  # the file it came from
+    source: Str = ""  # the file it came from and its --set overrides (written by load, never read from a file)
 
     def to_dict(self) -> dict[str, Any]:
+        """What run records store (and checkpoint.changed_settings compares)."""
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "Experiment":
-        return dataclasses.replace(self, **changes)
+    def replace(self, **changes: Any) -> Experiment:
+        """A copy with some settings changed, validated like a file (``check`` for the rules between them)."""
+        try:
+            return dataclasses.replace(self, **changes)
+        except ValidationError as exc:
+            raise OlmpError(_explain(exc, changes), self.source or None) from None
 
 
-def _section(cls: type, raw: dict[str, Any], path: Path, prefix: str) -> Any:
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(names))
+_EXPERIMENT = TypeAdapter(Experiment)
+
+
+# ---- pydantic's errors, in one line --------------------------------------------------------------
+
+_RANGE = {  # pydantic's error type -> the bound it broke, in the messages' words
+    "greater_than_equal": ">= {ge}", "greater_than": "> {gt}", "less_than_equal": "<= {le}", "less_than": "< {lt}",
+}
+
+
+def _explain(exc: ValidationError, given: Mapping[str, Any], unknown: Sequence[str] = ()) -> str:
+    """The first problem of a ValidationError as ``KEY must be WHAT, got VALUE`` (or the missing/unknown keys).
+
+    ``given`` is what was validated (the parsed file, or replace()'s changes): the value shown is the
+    whole value of the key as written, even when pydantic found the fault inside it.
+    """
+    errors = exc.errors(include_url=False)
+    if not errors[0]["loc"]:  # not about one key (the file is always a table: not expected)
+        return str(errors[0]["msg"])
+    missing = [_key(e["loc"]) for e in errors if e["type"] == "missing" and len(e["loc"]) == 1]
+    if missing:
+        return f"missing key(s) {', '.join(missing)}"
+    unknown = sorted([*unknown, *(_key(e["loc"]) for e in errors
+                                  if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"))])
     if unknown:
-        raise OlmpError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}", path)
-    kwargs = {}
-    for key, value in raw.items():
-        default = getattr(cls(), key) if cls is not Experiment else None
-        kwargs[key] = _coerce(value, default, path, prefix + key)
-    return cls(**kwargs)
+        return f"unknown key(s) {', '.join(unknown)}"
+    err = next((e for e in errors if e["type"] not in _RANGE), errors[0])  # a wrong type before a wrong size
+    key, info = _key(err["loc"]), _field(err["loc"])
+    if key in SECTIONS:
+        return f"[{key}] must be a table"
+    if err["type"] in _RANGE and len(err["loc"]) == key.count(".") + 1:  # the value itself, not a part of it
+        value = float(err["input"]) if info.annotation is float else err["input"]
+        return f"{key} must be {_allowed_range(info, err['type'])}, got {value}"
+    want = err["msg"] if err["type"] == "int32" else _want(info)
+    got: Any = given
+    for part in key.split("."):
+        got = got.get(part) if isinstance(got, Mapping) else None
+    return f"{key} must be {want}, got {got!r}"
 
 
-def _coerce(value: Any, default: Any, path: Path, key: str) -> Any:
-    def bad(want: str) -> OlmpError:
-        return OlmpError(f"{key} must be {want}, got {value!r}", path)
-
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        if abs(value) > INT_MAX:
-            raise bad(f"an integer of at most {INT_MAX}")
-        return value
-    if isinstance(default, float):
-        if not _is_num(value):
-            raise bad("a finite number")
-        return float(value)
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if isinstance(default, dict):
-        if not isinstance(value, dict) or not all(_is_num(v) for v in value.values()):
-            raise bad("a table of finite numbers")
-        return {str(k): float(v) for k, v in value.items()}
-    if key.endswith("grid"):
-        if not (isinstance(value, list) and value and all(_is_num(v) for v in value)):
-            raise bad("a non-empty list of finite numbers")
-        return tuple(float(v) for v in value)
-    if key.endswith("bounds"):
-        if not (isinstance(value, list) and len(value) == 2 and all(_is_num(v) for v in value)):
-            raise bad("[lower, upper], two finite numbers")
-        return (float(value[0]), float(value[1]))
-    if key.endswith("sigma"):
-        if _is_num(value):
-            return ((0, float(value)),)
-        if not (isinstance(value, list) and value and all(
-            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) and not isinstance(v[0], bool)
-            and _is_num(v[1]) for v in value
-        )):
-            raise bad("a number or a list of [from_iteration, step_size] pairs")
-        return tuple((int(a), float(b)) for a, b in value)
-    return value
+def _key(loc: tuple[int | str, ...]) -> str:
+    """The setting a pydantic location points into: ``name``, or ``section.name`` for the three tables."""
+    head = str(loc[0])
+    return f"{head}.{loc[1]}" if head in SECTIONS and len(loc) > 1 else head
 
 
-def _is_num(v: Any) -> bool:
-    """A finite int or float (TOML also spells nan and inf, which no setting accepts)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _field(loc: tuple[int | str, ...]) -> FieldInfo:
+    cls: Any = Experiment
+    fields = cls.__pydantic_fields__
+    if str(loc[0]) in SECTIONS and len(loc) > 1:
+        fields = fields[str(loc[0])].annotation.__pydantic_fields__
+        loc = loc[1:]
+    return fields[str(loc[0])]
+
+
+def _want(info: FieldInfo) -> str:
+    if info.description:
+        return info.description
+    return " or ".join(map(repr, get_args(info.annotation)))  # a Literal
+
+
+def _allowed_range(info: FieldInfo, failed: str) -> str:
+    """``in [lo, hi]`` for a closed range, else the bound that failed, as the field declares them."""
+    bound = {name: getattr(m, name) for m in info.metadata for name in ("ge", "gt", "le", "lt") if hasattr(m, name)}
+    if "ge" in bound and "le" in bound:
+        return f"in [{bound['ge']}, {bound['le']}]"
+    return _RANGE[failed].format(**bound)
+
+
+# ---- the rules between settings ------------------------------------------------------------------
+
+def _registries() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(POLICIES, OPTIMIZERS, MODES), imported when first needed: the policies and optimizers import
+    pycma (seconds), and olmp/policies/ refers back to this module's Experiment."""
+    from olmp.modes import MODES  # noqa: PLC0415
+    from olmp.policies import POLICIES  # noqa: PLC0415
+    from olmp.search import OPTIMIZERS  # noqa: PLC0415
+
+    return POLICIES, OPTIMIZERS, MODES
+
+
+def _quoted_where(registry: Mapping[str, Any], has: Any) -> str:
+    """The registered names whose class ``has(cls)``, as "'a' or 'b'"."""
+    return " or ".join(f"'{name}'" for name, cls in registry.items() if has(cls))
 
 
 def check(exp: Experiment, path: Path | str = "") -> Experiment:
-    """Range checks shared by files and command-line overrides."""
+    """The rules that read several settings at once or a registry; shared by files and overrides.
+
+    Each value's own type and range were checked when ``exp`` was built. What a method needs is read
+    from its policy class (``searches``, ``scanned``, ``in_rounds``, ``needs_sparsity``), what an
+    optimizer handles from its class (``constraints``, ``min_popsize``), never from a list of names.
+    """
+    policies, optimizers, modes = _registries()
     s, p = exp.search, exp.pipeline
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         raise OlmpError(msg, path or exp.source or None)
 
-    if exp.optimizer not in OPTIMIZER_NAMES:
-        fail(f"unknown optimizer '{exp.optimizer}' (choose from {', '.join(OPTIMIZER_NAMES)})")
+    for what, value, registry in (("optimizer", exp.optimizer, optimizers), ("method", exp.method, policies),
+                                  ("mode", exp.mode, modes)):
+        if value not in registry:
+            fail(f"unknown {what} '{value}' (choose from {', '.join(registry)})")
+    policy, optimizer = policies[exp.method], optimizers[exp.optimizer]
     if not exp.layers or len(set(exp.layers)) != len(exp.layers):
         fail("layers must be a non-empty list of distinct layer names")
-    if s.delta < 0 or s.delta > 1:
-        fail(f"search.delta must be in [0, 1], got {s.delta}")
     if not s.bounds[0] < s.bounds[1]:
         fail(f"search.bounds must satisfy lower < upper, got {list(s.bounds)}")
-    for name, v, lo in (("search.every", s.every, 1), ("search.population", s.population, 1),
-                        ("search.budget", s.budget, 1), ("search.workers", s.workers, 1),
-                        ("search.chunks", s.chunks, 1),
-                        ("pipeline.niter", p.niter, 1),
-                        ("pipeline.record_every", p.record_every, 1),
-                        ("pipeline.checkpoint_every", p.checkpoint_every, 1)):
-        if v < lo:
-            fail(f"{name} must be >= {lo}, got {v}")
-    if p.niter >= INT_MAX:
-        fail(f"pipeline.niter must be < {INT_MAX}, got {p.niter}")
-    if exp.method == "olmp" and not 1 <= s.min_layers <= len(exp.layers):
+    if policy.searches and not 1 <= s.min_layers <= len(exp.layers):
         fail(f"search.min_layers must be in [1, {len(exp.layers)}] (the number of layers), got {s.min_layers}")
     if s.chunks > 1 and s.constraint == "al":
         fail("search.chunks > 1 stops infeasible candidates early with a bound on their accuracy; "
              "constraint = 'al' needs exact margins, use search.chunks = 1")
-    if s.workers > s.population:
-        fail(f"search.workers ({s.workers}) must be <= search.population ({s.population}): no more than one each")
+    if s.workers != 1:  # the pool of scoring processes did not pay on 2 cores and was removed (issue 17)
+        fail(f"search.workers must be 1, got {s.workers}: candidates are scored in the run's own process "
+             "(run several runs at once with olmp sweep)")
     if s.budget < s.population:
         fail(f"search.budget ({s.budget}) must be >= search.population ({s.population}): one generation at least")
-    if exp.method == "olmp" and not s.bounds[0] <= p.initial_crate <= s.bounds[1]:
+    if policy.searches and not s.bounds[0] <= p.initial_crate <= s.bounds[1]:
         fail(f"pipeline.initial_crate {p.initial_crate} lies outside search.bounds {list(s.bounds)}")
-    if p.prune_stop_iter < 0:
-        fail(f"pipeline.prune_stop_iter must be >= 0, got {p.prune_stop_iter}")
     if any(sig <= 0 for _, sig in s.sigma) or s.sigma[0][0] != 0:
         fail("search.sigma: step sizes must be > 0 and the first entry must start at iteration 0")
-    if s.constraint not in CONSTRAINTS:
-        fail(f"search.constraint must be one of {', '.join(CONSTRAINTS)}, got '{s.constraint}'")
-    if s.constraint == "al" and exp.optimizer != "cmaes" and exp.method == "olmp":
-        # only pycma's augmented Lagrangian reads the violations; ncs and sampling would ignore them
-        fail(f"search.constraint = 'al' needs optimizer = 'cmaes' (got '{exp.optimizer}'); use 'penalty'")
-    if p.retrain_lr not in ("continue", "rewind"):
-        fail(f"pipeline.retrain_lr must be 'continue' or 'rewind', got '{p.retrain_lr}'")
-    if s.accuracy_on not in ("minibatch", "validation"):
-        fail(f"search.accuracy_on must be 'minibatch' or 'validation', got '{s.accuracy_on}'")
+    handled = list(dict.fromkeys(c for cls in optimizers.values() for c in cls.constraints))
+    if s.constraint not in handled:
+        fail(f"search.constraint must be one of {', '.join(handled)}, got '{s.constraint}'")
+    if policy.searches and s.constraint not in optimizer.constraints:
+        # e.g. only pycma's augmented Lagrangian reads the violations; ncs and sampling would ignore them
+        able = _quoted_where(optimizers, lambda cls: s.constraint in cls.constraints)
+        fail(f"search.constraint = '{s.constraint}' needs optimizer = {able} (got '{exp.optimizer}'); use 'penalty'")
     if s.accuracy_on == "validation" and s.validation_images <= 0:
         fail("search.validation_images must be > 0 when search.accuracy_on = 'validation'")
-    if set(p.gamma) - {"Convolution", "InnerProduct"} or any(g < 0 for g in p.gamma.values()):
-        fail("pipeline.gamma must map Convolution/InnerProduct to numbers >= 0")
-    if not 0 <= exp.seed <= INT_MAX:
-        fail(f"seed must be in [0, {INT_MAX}], got {exp.seed}")
-    _check_baseline(exp, fail)
-    _check_mode(exp, fail)
-    least = MIN_POPULATION.get(exp.optimizer, 1)
-    if exp.method == "olmp" and s.population < least:
-        fail(f"search.population must be >= {least} for {exp.optimizer}, got {s.population}")
+    _check_baseline(exp, policy, fail)
+    _check_mode(exp, policies, fail)
+    if policy.searches and s.population < optimizer.min_popsize:
+        fail(f"search.population must be >= {optimizer.min_popsize} for {exp.optimizer}, got {s.population}")
     return exp
 
 
-def _check_mode(exp: Experiment, fail: Any) -> None:
-    """The released mode re-enacts the scripts' search; only what they did is accepted with it."""
-    from olmp.draws import MODES  # noqa: PLC0415
+def _check_baseline(exp: Experiment, policy: Any, fail: Any) -> None:
+    """[baseline] against the layers, and what the method's policy class says it reads."""
+    b, m = exp.baseline, exp.method
+    if list(b.grid) != sorted(set(b.grid)):
+        fail("baseline.grid must be strictly increasing")
+    if set(b.values) - set(exp.layers):
+        fail(f"baseline.values names unknown layer(s) {', '.join(sorted(set(b.values) - set(exp.layers)))}")
+    if policy.scanned and set(b.values) != set(exp.layers) and b.validation_images <= 0:
+        fail("baseline.validation_images must be > 0 for the sensitivity scan")
+    if policy.in_rounds and exp.pipeline.prune_stop_iter < b.rounds:
+        fail(f"pipeline.prune_stop_iter must be >= baseline.rounds for {m}")
+    if policy.needs_sparsity and not 0 < b.sparsity < 1:
+        fail(f"baseline.sparsity must be in (0, 1) for {m}, got {b.sparsity}")
 
-    if exp.mode not in MODES:
-        fail(f"unknown mode '{exp.mode}' (choose from {', '.join(MODES)})")
+
+def _check_mode(exp: Experiment, policies: Mapping[str, Any], fail: Any) -> None:
+    """The released mode re-enacts the scripts' search; only what they did is accepted with it."""
     if exp.mode != "released":
         return
     s = exp.search
-    for ok, why in ((exp.method == "olmp", "method = 'olmp'"),
-                    (exp.optimizer == "sampling", "optimizer = 'sampling' (what the released NCS effectively ran)"),
+    released_optimizer = "sampling"  # what the released NCS effectively ran (reference doc §9)
+    for ok, why in ((policies[exp.method].searches, f"method = {_quoted_where(policies, lambda cls: cls.searches)}"),
+                    (exp.optimizer == released_optimizer,
+                     f"optimizer = '{released_optimizer}' (what the released NCS effectively ran)"),
                     (s.accuracy_on == "minibatch", "search.accuracy_on = 'minibatch'"),
                     (s.constraint == "penalty", "search.constraint = 'penalty'"),
-                    (s.chunks == 1 and s.workers == 1, "search.chunks = 1 and search.workers = 1"),
+                    (s.chunks == 1, "search.chunks = 1"),
                     (s.budget % s.population == 0, "search.budget a multiple of search.population")):
         if not ok:
             fail(f"mode = 'released' needs {why}")
 
 
-def _check_baseline(exp: Experiment, fail: Any) -> None:
-    b, m = exp.baseline, exp.method
-    if m not in METHOD_NAMES:
-        fail(f"unknown method '{m}' (choose from {', '.join(METHOD_NAMES)})")
-    if list(b.grid) != sorted(set(b.grid)):
-        fail("baseline.grid must be strictly increasing")
-    if not 0 <= b.tolerance <= 1:
-        fail(f"baseline.tolerance must be in [0, 1], got {b.tolerance}")
-    if b.scale <= 0:
-        fail(f"baseline.scale must be > 0, got {b.scale}")
-    if set(b.values) - set(exp.layers):
-        fail(f"baseline.values names unknown layer(s) {', '.join(sorted(set(b.values) - set(exp.layers)))}")
-    if m in SCANNED_METHODS and set(b.values) != set(exp.layers) and b.validation_images <= 0:
-        fail("baseline.validation_images must be > 0 for the sensitivity scan")
-    if b.rounds < 1:
-        fail(f"baseline.rounds must be >= 1, got {b.rounds}")
-    if m in ROUND_METHODS and exp.pipeline.prune_stop_iter < b.rounds:
-        fail(f"pipeline.prune_stop_iter must be >= baseline.rounds for {m}")
-    if m in ("global-magnitude", "uniform") and not 0 < b.sparsity < 1:
-        fail(f"baseline.sparsity must be in (0, 1) for {m}, got {b.sparsity}")
-    if b.gamma < 0 or b.power < 0:
-        fail("baseline.gamma and baseline.power must be >= 0")
-    if set(b.gamma_by_type) - {"Convolution", "InnerProduct"} or any(g < 0 for g in b.gamma_by_type.values()):
-        fail("baseline.gamma_by_type must map Convolution/InnerProduct to numbers >= 0")
-
+# ---- reading a file ------------------------------------------------------------------------------
 
 def _override(raw: dict[str, Any], setting: str, path: Path) -> None:
-    """Apply one ``section.key=value`` (value in TOML syntax; a bare word is a string) to the parsed file."""
+    """Apply one ``section.key=value`` (value in TOML syntax; a bare word is a string) to the parsed file.
+
+    The key is checked with the file's, against the dataclasses' fields: an unknown one is refused.
+    """
     key, sep, text = setting.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts) or len(parts) > 2:
@@ -296,6 +376,18 @@ def _override(raw: dict[str, Any], setting: str, path: Path) -> None:
         if not isinstance(table, dict):
             raise OlmpError(f"--set {setting}: [{parts[0]}] is not a table", path)
     table[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any], path: Path) -> Experiment:
+    """The parsed file as an Experiment: every key known, every value of its type and in its range."""
+    ours = [k for k in ("source",) if k in raw]  # written by load, never read from a file
+    try:
+        exp = _EXPERIMENT.validate_python({k: v for k, v in raw.items() if k not in ours})
+    except ValidationError as exc:
+        raise OlmpError(_explain(exc, raw, ours), path) from None
+    if ours:
+        raise OlmpError(f"unknown key(s) {', '.join(ours)}", path)
+    return exp
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
@@ -315,31 +407,9 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
         raise OlmpError(f"malformed TOML: {exc}", path) from exc
     for setting in overrides:
         _override(raw, setting, path)
-    top = {k: v for k, v in raw.items() if k not in ("search", "pipeline", "baseline")}
-    required = ("name", "solver", "net", "weights", "layers")
-    missing = [k for k in required if k not in top]
-    if missing:
-        raise OlmpError(f"missing key(s) {', '.join(missing)}", path)
-    unknown = sorted(set(top) - ({f.name for f in dataclasses.fields(Experiment)} - {"source"}))  # source: ours
-    if unknown:
-        raise OlmpError(f"unknown key(s) {', '.join(unknown)}", path)
-    for key in ("name", "solver", "net", "weights", "optimizer", "method", "mode"):
-        if key in top and not isinstance(top[key], str):
-            raise OlmpError(f"{key} must be a string, got {top[key]!r}", path)
-    if not isinstance(top["layers"], list) or not all(isinstance(x, str) for x in top["layers"]):
-        raise OlmpError(f"layers must be a list of layer names, got {top['layers']!r}", path)
-    if "seed" in top and (isinstance(top["seed"], bool) or not isinstance(top["seed"], int)):
-        raise OlmpError(f"seed must be an integer, got {top['seed']!r}", path)
-    for sec in ("search", "pipeline", "baseline"):
-        if sec in raw and not isinstance(raw[sec], dict):
-            raise OlmpError(f"[{sec}] must be a table", path)
-    for key in ("solver", "net", "weights"):  # relative to the file's folder (paths.in_experiment_file)
-        top[key] = paths.in_experiment_file(top[key], path)
-    exp = Experiment(
-        **{**top, "layers": tuple(top["layers"])},
-        search=_section(SearchConfig, raw.get("search", {}), path, "search."),
-        pipeline=_section(PipelineConfig, raw.get("pipeline", {}), path, "pipeline."),
-        baseline=_section(BaselineConfig, raw.get("baseline", {}), path, "baseline."),
+    exp = _validate(raw, path)
+    exp = exp.replace(  # paths relative to the file's folder (paths.in_experiment_file)
+        **{key: paths.in_experiment_file(getattr(exp, key), path) for key in ("solver", "net", "weights")},
         source=" ".join([str(path), *(f"--set {o}" for o in overrides)]),
     )
     exp = check(exp, path)

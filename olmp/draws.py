@@ -1,6 +1,6 @@
 """The one random source a pipeline run draws from (same seed, same run).
 
-Two modes (the experiment's ``mode``):
+Two streams, one per mode (the experiment's ``mode``; olmp/modes.py):
 
 - ``standard``: a numpy ``Generator`` (PCG64) seeded with the run's seed. Each iteration draws
   one uniform per layer for the selection; each search draws a 31-bit seed from it and the
@@ -18,8 +18,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-MODES = ("standard", "released")
 
 
 class StandardDraws:
@@ -69,7 +67,3 @@ class ReleasedDraws:
         self.rng.set_state({"bit_generator": "MT19937",
                             "state": {"key": np.array(st["key"], dtype=np.uint32), "pos": st["pos"]},
                             "has_gauss": st["has_gauss"], "gauss": st["gauss"]})
-
-
-def make_draws(mode: str, seed: int) -> StandardDraws | ReleasedDraws:
-    return ReleasedDraws(seed) if mode == "released" else StandardDraws(seed)

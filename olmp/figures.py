@@ -17,8 +17,9 @@ the same records gives the same files. SVG text is kept as text (searchable, edi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -27,6 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from olmp import atomic
+from olmp.record import RunRecord
 
 OPTIMIZER_COLORS = {"ncs": "tab:blue", "cmaes": "tab:orange", "sampling": "tab:green"}
 FORMATS = ("png", "svg")
@@ -35,14 +37,8 @@ _RC = {"svg.hashsalt": "olmp", "svg.fonttype": "none", "font.size": 9}  # SVG te
 _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 
-def run_label(rec: dict[str, Any]) -> str:
-    """A run's folder name where known (as in runs.csv), else optimizer-seed."""
-    d = rec.get("_dir")
-    return Path(d).name if d is not None else f"{rec['optimizer']}-seed{rec['seed']}"
-
-
-def _color(rec: dict[str, Any], i: int) -> str:
-    return OPTIMIZER_COLORS.get(rec.get("optimizer", ""), f"C{i % 10}")
+def _color(rec: RunRecord, i: int) -> str:
+    return OPTIMIZER_COLORS.get(rec.optimizer, f"C{i % 10}")
 
 
 def _log_y(ax: Any) -> None:
@@ -64,24 +60,24 @@ def save(fig: Figure, base: Path) -> list[Path]:
     return written
 
 
-def progress_figure(runs: list[dict[str, Any]]) -> Figure:
+def progress_figure(runs: list[RunRecord]) -> Figure:
     """Ratio (log scale) above test accuracy, against pipeline iteration."""
     fig = Figure(figsize=(7.0, 5.5), layout="constrained")
     ax_ratio, ax_acc = fig.subplots(2, 1, sharex=True)
     for i, rec in enumerate(runs):
-        prog = rec.get("progress") or []
+        prog = rec.progress
         if not prog:
             continue
         it = [p["iteration"] for p in prog]
-        style = {"color": f"C{i % 10}", "label": run_label(rec), "linewidth": 1.2}
+        style = {"color": f"C{i % 10}", "label": rec.name, "linewidth": 1.2}
         ax_ratio.plot(it, [p["ratio"] for p in prog], **style)
         ax_acc.plot(it, [p["test_accuracy"] for p in prog], **style)
-    for acc in sorted({r["reference"]["test"]["accuracy"] for r in runs if "reference" in r}):
+    for acc in sorted({r.reference["test"]["accuracy"] for r in runs if r.reference}):
         ax_acc.axhline(acc, color="grey", linestyle="--", linewidth=0.8)
         ax_acc.annotate(f"reference {acc:.4f}", (0.01, acc), xycoords=("axes fraction", "data"),
                         textcoords="offset points", xytext=(0, 3), color="grey", fontsize=7)
-    prune_stop = {r["experiment"]["pipeline"]["prune_stop_iter"] for r in runs
-                  if "prune_stop_iter" in r.get("experiment", {}).get("pipeline", {})}
+    prune_stop = {r.experiment["pipeline"]["prune_stop_iter"] for r in runs
+                  if "prune_stop_iter" in r.experiment.get("pipeline", {})}
     for x in prune_stop:
         for ax in (ax_ratio, ax_acc):
             ax.axvline(x, color="black", linestyle=":", linewidth=0.8)
@@ -97,9 +93,9 @@ def progress_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _feasible_trace(rec: dict[str, Any]) -> tuple[list[int], list[float]] | None:
+def _feasible_trace(rec: RunRecord) -> tuple[list[int], list[float]] | None:
     """The first search's (evaluations, best feasible size so far); sizes > 1 are the infeasible penalty."""
-    searches = rec.get("searches") or []
+    searches = rec.searches
     if not searches or not searches[0].get("trace"):
         return None
     pts = [(int(e), float(f)) for e, f in searches[0]["trace"] if f is not None and f <= 1.0]
@@ -108,16 +104,16 @@ def _feasible_trace(rec: dict[str, Any]) -> tuple[list[int], list[float]] | None
     return [e for e, _ in pts], np.minimum.accumulate([f for _, f in pts]).tolist()
 
 
-def convergence_figure(runs: list[dict[str, Any]]) -> Figure:
+def convergence_figure(runs: list[RunRecord]) -> Figure:
     """Best feasible size against evaluations in the first search of each run, by optimizer."""
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.subplots()
     labelled: set[str] = set()
     none_feasible = []
-    runs = [r for r in runs if r.get("method", "olmp") == "olmp"]  # baselines run no search
+    runs = [r for r in runs if r.searched]  # baselines run no search
     for i, rec in enumerate(runs):
         trace = _feasible_trace(rec)
-        opt = rec.get("optimizer", "?")
+        opt = rec.optimizer
         if trace is None:
             none_feasible.append((rec, i))
             continue
@@ -126,7 +122,7 @@ def convergence_figure(runs: list[dict[str, Any]]) -> Figure:
         labelled.add(opt)
     for rec, i in none_feasible:  # say so in the legend rather than drop the run silently
         ax.plot([], [], color=_color(rec, i), marker="x", linestyle="none",
-                label=f"{rec.get('optimizer', '?')}: {run_label(rec)} found no feasible point")
+                label=f"{rec.optimizer}: {rec.name} found no feasible point")
     ax.set_xlabel("evaluations")
     ax.set_ylabel("best feasible size (remaining / all)")
     ax.set_title("Search convergence: first search of each run")
@@ -138,17 +134,18 @@ def convergence_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def layers_figure(runs: list[dict[str, Any]]) -> Figure:
-    """Grouped bars: remaining % of each layer (log scale), one bar per run."""
-    layer_names = list(dict.fromkeys(n for r in runs for n in r.get("final", {}).get("layers", {})))
+def layers_figure(runs: list[RunRecord], names: list[str] | None = None) -> Figure:
+    """Grouped bars: remaining % of each layer (log scale), one bar per run, named by ``names`` or its folder."""
+    names = names or [r.name for r in runs]
+    layer_names = list(dict.fromkeys(n for r in runs for n in r.final["layers"]))
     fig = Figure(figsize=(max(5.0, 1.2 + 0.35 * len(runs) * len(layer_names)), 4.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(runs), 1)
     x = np.arange(len(layer_names))
-    for i, rec in enumerate(runs):
-        layers = rec["final"]["layers"]
+    for i, (rec, name) in enumerate(zip(runs, names)):
+        layers = rec.final["layers"]
         pct = [100.0 * layers[n]["remaining"] / layers[n]["total"] if n in layers else np.nan for n in layer_names]
-        bars = ax.bar(x - 0.4 + width * (i + 0.5), pct, width, label=f"{run_label(rec)} ({rec['final']['ratio']:.1f}x)",
+        bars = ax.bar(x - 0.4 + width * (i + 0.5), pct, width, label=f"{name} ({rec.final['ratio']:.1f}x)",
                       color=f"C{i % 10}")
         if len(runs) <= 6:
             ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
@@ -162,60 +159,46 @@ def layers_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _method(rec: dict[str, Any]) -> str:
-    from olmp.compare import method_label  # noqa: PLC0415
-
-    return method_label(rec)
-
-
-def _series(rec: dict[str, Any]) -> str:
-    """The trade-off series: the method, and the experiment variant where it is not the paper's setting."""
-    from olmp.reports import variant  # noqa: PLC0415
-
-    tag = variant(rec)
-    return _method(rec) + (f" ({tag})" if tag else "")
-
-
-def median_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def median_runs(runs: list[RunRecord]) -> list[RunRecord]:
     """Each method's median-ratio run from the project's own references (the lower one of an even count)."""
-    by_method: dict[str, list[dict[str, Any]]] = {}
+    by_method: dict[str, list[RunRecord]] = {}
     for rec in runs:
-        if _own_paper_setting(rec):
-            by_method.setdefault(_method(rec), []).append(rec)
+        if rec.paper_setting:
+            by_method.setdefault(rec.label, []).append(rec)
     out = []
     for method in sorted(by_method):
-        ranked = sorted(by_method[method], key=lambda r: r["final"]["ratio"])
+        ranked = sorted(by_method[method], key=lambda r: r.final["ratio"])
         out.append(ranked[(len(ranked) - 1) // 2])
     return out
 
 
-def methods_figure(runs: list[dict[str, Any]]) -> Figure:
+def methods_figure(runs: list[RunRecord]) -> Figure:
     """Grouped bars: remaining % per layer of each method's median run (paper settings, own reference)."""
     picked = median_runs(runs)
-    fig = layers_figure([{**r, "_dir": Path(_method(r))} for r in picked])
+    fig = layers_figure(picked, [r.label for r in picked])
     fig.axes[0].set_title("Median-ratio run of each method")
     return fig
 
 
-def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
+def tradeoff_figure(runs: list[RunRecord]) -> Figure:
     """Test accuracy against ratio: every run a point, the runs of one method joined in ratio order."""
     fig = Figure(figsize=(7.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    collapsed = [r for r in runs if r["final"]["test"]["accuracy"] < COLLAPSED]
-    runs = [r for r in runs if r["final"]["test"]["accuracy"] >= COLLAPSED]
+    collapsed = [r for r in runs if r.final["test"]["accuracy"] < COLLAPSED]
+    runs = [r for r in runs if r.final["test"]["accuracy"] >= COLLAPSED]
     if collapsed:  # a net that lost everything would stretch the ratio axis a hundredfold: named instead
         ax.text(0.99, 0.01, "not drawn (collapsed): " + ", ".join(
-            f"{_series(r)} {r['final']['ratio']:.0f}x at {r['final']['test']['accuracy']:.4f}" for r in collapsed),
+            f"{r.series} {r.final['ratio']:.0f}x at {r.final['test']['accuracy']:.4f}" for r in collapsed),
             transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="grey")
     if not runs:
         return fig
-    methods = sorted({_series(r) for r in runs})
+    methods = sorted({r.series for r in runs})
     # runs far below the reference would squash the interesting band: drawn on the floor, value written
-    floor = min(r["reference"]["test"]["accuracy"] for r in runs) - 0.03
+    floor = min(r.reference["test"]["accuracy"] for r in runs) - 0.03
     for i, method in enumerate(methods):
-        mine = sorted((r for r in runs if _series(r) == method), key=lambda r: r["final"]["ratio"])
-        xs = [r["final"]["ratio"] for r in mine]
-        ys = [r["final"]["test"]["accuracy"] for r in mine]
+        mine = sorted((r for r in runs if r.series == method), key=lambda r: r.final["ratio"])
+        xs = [r.final["ratio"] for r in mine]
+        ys = [r.final["test"]["accuracy"] for r in mine]
         shown = [max(y, floor) for y in ys]
         marker = "os^D"[i // 10 % 4]  # ten colours, then the next marker: no two series look alike
         ax.scatter(xs, shown, s=18, color=f"C{i % 10}", marker=marker, label=method, zorder=3)
@@ -223,10 +206,10 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
             if y < floor:
                 ax.annotate(f"{y:.4f}", (x, floor), textcoords="offset points", xytext=(3, 3), fontsize=6,
                             color=f"C{i % 10}")
-        sweep = [(x, y) for r, x, y in zip(mine, xs, shown) if r["seed"] == 1]  # the settings sweep
+        sweep = [(x, y) for r, x, y in zip(mine, xs, shown) if r.seed == 1]  # the settings sweep
         if len(sweep) > 1:
             ax.plot(*zip(*sweep), linewidth=0.9, color=f"C{i % 10}")
-    for acc in sorted({r["reference"]["test"]["accuracy"] for r in runs}):
+    for acc in sorted({r.reference["test"]["accuracy"] for r in runs}):
         ax.axhline(acc, color="grey", linestyle="--", linewidth=0.8)
         ax.annotate(f"reference {acc:.4f}", (0.01, acc), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(0, 3), color="grey", fontsize=7)
@@ -243,7 +226,7 @@ def tradeoff_figure(runs: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-FIGURES: dict[str, Callable[[list[dict[str, Any]]], Figure]] = {
+FIGURES: dict[str, Callable[[list[RunRecord]], Figure]] = {
     "progress": progress_figure,
     "convergence": convergence_figure,
     "layers": layers_figure,
@@ -251,26 +234,18 @@ FIGURES: dict[str, Callable[[list[dict[str, Any]]], Figure]] = {
 }
 
 
-def write_figures(model_dir: str | Path, runs: list[dict[str, Any]],
-                  sweeps: list[dict[str, Any]] | None = None) -> list[Path]:
+def write_figures(model_dir: str | Path, runs: list[RunRecord],
+                  sweeps: list[RunRecord] | None = None) -> list[Path]:
     """Every figure for ``runs`` (and the trade-off of runs + ``sweeps``) into ``model_dir``, PNG and SVG."""
     model_dir = Path(model_dir)
     written: list[Path] = []
     with matplotlib.rc_context(_RC):
         for name, make in FIGURES.items():
             written += save(make(runs), model_dir / name)
-        from olmp.reports import own_reference  # noqa: PLC0415
-
-        own = [r for r in runs + (sweeps or []) if own_reference(r)]
+        own = [r for r in runs + (sweeps or []) if r.own_reference]
         if own:
             written += save(tradeoff_figure(own), model_dir / "tradeoff")
     return written
-
-
-def _own_paper_setting(rec: dict[str, Any]) -> bool:
-    from olmp.reports import own_reference, variant  # noqa: PLC0415
-
-    return own_reference(rec) and variant(rec) is None
 
 
 def write_report_figures(model_dir: str | Path) -> list[Path]:

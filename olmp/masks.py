@@ -11,7 +11,7 @@ blobs, so it is a handful of vectorised passes and can reuse a precomputed |w|.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def read_idx(path: Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115  (closed by the caller's with-block)
     except FileNotFoundError:
         raise OlmpError("missing IDX file", path) from None
     except OSError as exc:
@@ -126,7 +127,9 @@ def read_idx(path: Path) -> np.ndarray:
     return arr.reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
-def _parse_idx_header(head: bytes, read, size: int, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+def _parse_idx_header(
+    head: bytes, read: Callable[[int], bytes], size: int, path: Path
+) -> tuple[np.dtype, tuple[int, ...], int]:
     """Return (dtype, dims, header length) from an IDX header; ``read`` supplies the dims."""
     if len(head) < 4:
         raise OlmpError(f"malformed IDX file: truncated header ({size} bytes)", path)

@@ -10,9 +10,10 @@
                 starting from the current crates; apply the best crates
         one SGD step ("adjusting" before prune_stop_iter, "retraining" after)
 
-The loop itself belongs to every method: a threshold policy (olmp/policies.py, chosen by
+The loop itself belongs to every method: a threshold policy (olmp/policies/, chosen by
 the experiment's ``method``) decides the selection probability and what happens to the
-selected layers; ``method = "olmp"`` (the default) is the loop above.
+selected layers; ``method = "olmp"`` (the default) is the loop above, its search in
+olmp/crate_search.py. The pipeline owns the loop, SGD, the record and the checkpoints.
 
 The run folder holds record.json, pruned.caffemodel (stock Caffe, masked weights
 zeroed) and a checkpoint every ``checkpoint_every`` iterations; ``resume=True``
@@ -21,31 +22,23 @@ continues a killed run to the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, draws, evaluate, provenance, prototxt, testhook, train, weights
+from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, record, train, weights
 from olmp.adjusting import MaskedLayers
-from olmp.candidate import CandidateEvaluator, Chunk, CumulativeEvaluator, chunk_nets
+from olmp.candidate import Chunk, chunk_nets
 from olmp.config import Experiment
+from olmp.crate_search import Scoring
 from olmp.errors import OlmpError
-from olmp.parallel import WorkerPool
-from olmp.policies import POLICIES
-from olmp.search import make_optimizer
-from olmp.thresholds import LayerStats, layer_stats, threshold
-
-
-
-def selection_probability(gamma: float, itr: int) -> float:
-    """A layer takes part at iteration itr with probability 1 / (1 + gamma_l * itr)."""
-    return 1.0 / (1.0 + gamma * itr)
+from olmp.modes import MODES
+from olmp.policies import POLICIES, RunContext
+from olmp.thresholds import LayerStats, layer_stats
 
 
 class Pipeline:
@@ -88,10 +81,9 @@ class Pipeline:
         self.layers = MaskedLayers(self.net, exp.layers, straight_through=policy_class.straight_through)
         self.layers.attach(self.solver)
         pb = caffe_bridge.caffe_pb2()
-        if exp.method in ("dns", "deep-compression"):  # their sensitivity scan reads training images only
-            self.eval_net, self.eval_param = self._validation_net(exp.baseline.validation_images), pb.TEST
-        elif exp.search.accuracy_on == "validation":
-            self.eval_net, self.eval_param = self._validation_net(exp.search.validation_images), pb.TEST
+        images = policy_class.evaluation_images(exp)  # a fixed batch of training images, or the minibatch
+        if images:
+            self.eval_net, self.eval_param = self._validation_net(images), pb.TEST
         else:
             self.eval_net, self.eval_param = self.net, pb.TRAIN
         self.chunks: list[Chunk] = []
@@ -99,26 +91,20 @@ class Pipeline:
         # TEST-phase copies of it (the chunk nets) on the same minibatch, as chunks already do
         stochastic = self.eval_param == pb.TRAIN and any(
             lay.type == "Dropout" for lay in prototxt.layers_in_phase(self._eval_net_param, pb.TRAIN))
-        if exp.method == "olmp" and (exp.search.chunks > 1 or stochastic):  # scored chunk by chunk (candidate.py)
+        if policy_class.scores_candidates and (exp.search.chunks > 1 or stochastic):  # chunk by chunk (candidate.py)
             try:
                 self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)
             except ValueError as exc:
                 raise OlmpError(str(exc), exp.source) from None
-        self.pool = None
-        if exp.method == "olmp" and exp.search.workers > 1:
-            if caffe_bridge.gpu_device() is not None:
-                raise OlmpError("search.workers > 1 runs CPU worker processes; use 1 with --gpu", exp.source)
-            self.pool = WorkerPool(exp.search.workers, self.eval_net, self._eval_net_param, self.eval_param,
-                                   exp.layers, exp.search.chunks)
-        self.draws = draws.make_draws(exp.mode, exp.seed)
-        self.crates = {n: exp.pipeline.initial_crate for n in exp.layers}
+        self.draws = MODES[exp.mode].draws(exp.seed)
         self.test_batches = 0
         self.record: dict[str, Any] = {}
         self.sgd_seconds = 0.0
         self.search_seconds = 0.0
         self.wall_seconds = 0.0  # over all sessions of a resumed run
         self.rewound = 0  # solver iterations taken back by a learning-rate rewind (the data layer read them)
-        self.policy = policy_class(self)
+        self.policy = policy_class(RunContext(exp, self.layers, self.stats, self.types,
+                                              Scoring(self.eval_net, self.chunks), self.draws))
 
     # -- pieces ----------------------------------------------------------------------------
     def _validation_net(self, images: int):  # noqa: ANN202
@@ -131,6 +117,7 @@ class Pipeline:
         param = pb.NetParameter()
         param.CopyFrom(self.net_param)
         train_data = next(lay for lay in prototxt.layers_in_phase(param, pb.TRAIN) if lay.type == "Data")
+        prototxt.check_validation_batch(param, images, self.exp.source)  # a bad setting names the experiment
         for lay in prototxt.layers_in_phase(param, pb.TEST):
             if lay.type == "Data":
                 lay.data_param.source = train_data.data_param.source
@@ -144,9 +131,6 @@ class Pipeline:
         # candidates, re-run from a prunable layer, read the split copy of the labels.
         net.forward()
         return net
-
-    def gamma(self, name: str) -> float:
-        return self.exp.pipeline.gamma[self.types[name]]
 
     def test(self) -> dict[str, Any]:
         """Test-set accuracy of the masked model (W*M), as saved."""
@@ -203,90 +187,6 @@ class Pipeline:
         caffe_bridge.restore_solver(self.solver, ss)
         self.record["rewound_at"] = {"iteration": self.exp.pipeline.prune_stop_iter, "solver_iterations": self.rewound}
 
-    def search(self, itr: int, selected: list[str]) -> dict[str, Any]:
-        """Search the crates of the selected layers, starting from the current crates."""
-        s = self.exp.search
-        t0 = time.perf_counter()
-        seed, shared_rng = self.draws.for_search()
-        x0 = np.array([self.crates[n] for n in selected])
-        options = {"constraint_handling": s.constraint} if self.exp.optimizer == "cmaes" else {}
-        released = self.exp.mode == "released"
-        if released:
-            options["released"] = True  # §9 clipping and draw order (config: sampling only)
-        opt = make_optimizer(self.exp.optimizer, x0, s.sigma_at(itr), s.bounds, s.population, s.budget, seed,
-                             rng=shared_rng, **options)
-        if released:
-            evaluator = CumulativeEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.crates)
-        else:
-            evaluator = CandidateEvaluator(self.eval_net, self.layers, self.stats, selected, s.delta, self.chunks)
-        size_before = self.layers.size()
-        trace = []
-        best_margin = None
-        with evaluator.session(), self._population_scorer(evaluator) as score:
-            if evaluator.scores_start:  # the current crates' fitness is the best to beat (§9)
-                start = evaluator(x0)
-                opt.start_from(x0, start.size if start.feasible else s.infeasible_fitness)
-                best_margin = start.margin
-            while not opt.stop():
-                xs = opt.ask()
-                if not xs:
-                    break
-                evals = score(xs)
-                sizes = [e.size for e in evals]
-                if s.constraint == "penalty":
-                    fit = [e.size if e.feasible else s.infeasible_fitness for e in evals]
-                else:
-                    fit = sizes
-                opt.tell(xs, fit, violations=[-e.margin for e in evals])
-                testhook.kill_at("search", itr)
-                res = opt.result
-                trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])
-            res = opt.result
-            if evaluator.scores_start:
-                best_margin = None  # the released scripts never re-check the best
-            elif res.xbest is not None:
-                best = evaluator(res.xbest, whole_batch=True)
-                best_margin = best.margin
-            ref_acc = evaluator.reference_accuracy
-        applied = res.xbest is not None and best_margin is not None and best_margin >= 0 and res.fbest <= size_before
-        if evaluator.scores_start:
-            applied = True  # the best (or the starting crates) always, on the masks the last candidate left
-            evaluator.conclude(res.xbest, self.crates)
-        elif applied:
-            for n, c in zip(selected, res.xbest):
-                self.crates[n] = float(c)
-                self.layers.update(n, threshold(self.stats[n], float(c)))
-        seconds = time.perf_counter() - t0
-        self.search_seconds += seconds
-        return {
-            "iteration": itr,
-            "layers": selected,
-            "sigma": s.sigma_at(itr),
-            "seed": seed,
-            "start_crates": x0.tolist(),
-            "best_crates": None if res.xbest is None else [float(c) for c in res.xbest],
-            "applied": bool(applied),
-            "size_before": size_before,
-            "size": self.layers.size(),
-            "batch_accuracy": ref_acc,
-            "accuracy_margin": best_margin,
-            "evaluations": evaluator.evaluations,
-            "trace": trace,
-            "seconds": round(seconds, 3),
-        }
-
-    @contextlib.contextmanager
-    def _population_scorer(self, evaluator: CandidateEvaluator) -> Iterator[Callable[[list], list]]:
-        """Score a population here, or across the worker pool (same scores, same order)."""
-        if self.pool is None:
-            yield lambda xs: [evaluator(x) for x in xs]
-            return
-        self.pool.start(evaluator)
-        try:
-            yield self.pool.map
-        finally:
-            self.pool.end()
-
     def layer_summary(self) -> dict[str, dict[str, int]]:
         return {n: {"total": self.layers.total(n), "remaining": self.layers.remaining(n)} for n in self.exp.layers}
 
@@ -297,7 +197,6 @@ class Pipeline:
     def _state(self, next_itr: int) -> dict[str, Any]:
         return {
             "next_itr": next_itr,
-            "crates": self.crates,
             "rng": self.draws.state(),
             "test_batches": self.test_batches,
             "record": self.record,
@@ -314,13 +213,12 @@ class Pipeline:
     def _resume(self) -> int:
         mask_state, state = checkpoint.load(self.out, self.solver, self.exp.to_dict())
         self.layers.load_state(mask_state)
-        self.crates = {k: float(v) for k, v in state["crates"].items()}
         self.draws.load_state(state["rng"])
         self.record = state["record"]
         self.sgd_seconds = state["sgd_seconds"]
         self.search_seconds = state["search_seconds"]
         self.wall_seconds = state.get("wall_seconds", 0.0)
-        self.policy.load_state(state.get("policy", {}))
+        self.policy.load_state(state["policy"])
         # data layers have no saved cursor: replay them to where the killed run stood
         self.rewound = int(state.get("rewound", 0))
         for _ in range(self.solver.iter + self.rewound):
@@ -330,12 +228,6 @@ class Pipeline:
         self.test_batches = state["test_batches"]
         return int(state["next_itr"])
 
-    def close(self) -> None:
-        """Stop the worker processes, if any."""
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
-
     # -- the loop --------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         exp, p = self.exp, self.exp.pipeline
@@ -344,20 +236,10 @@ class Pipeline:
             start = self._resume()
         else:
             reference_test = self.test()
-            self.record = {
-                "experiment": exp.to_dict(),
-                "seed": exp.seed,
-                "method": exp.method,
-                # for a baseline (no search) the optimizer column names the method, so tables group by it
-                "optimizer": exp.optimizer if exp.method == "olmp" else exp.method,
-                "reference": {"weights": exp.weights, "test": reference_test,
-                              "stats": {n: vars(st) for n, st in self.stats.items()}},
-                "searches": [],
-                "selections": {n: 0 for n in exp.layers},  # iterations each layer was selected (all niter)
-                "progress": [],
-                "finished": False,
-                "provenance": provenance.collect(),  # which code and machine made it
-            }
+            self.record = record.new_record(
+                exp.to_dict(), {"weights": exp.weights, "test": reference_test,
+                                "stats": {n: vars(st) for n, st in self.stats.items()}},
+                searches=self.policy.searches)
             t0 = time.perf_counter()
             info = self.policy.start()  # e.g. a sensitivity scan, on the reference model
             if info is not None:
@@ -374,11 +256,14 @@ class Pipeline:
             for n in selected:
                 counts[n] += 1
             if itr < p.prune_stop_iter:
-                self.policy.prune(itr, selected)
+                t0 = time.perf_counter()
+                entry = self.policy.prune(itr, selected)
+                if entry is not None:  # a search
+                    self.record["searches"].append(entry)
+                    self.search_seconds += time.perf_counter() - t0
             elif itr == p.prune_stop_iter and p.retrain_lr == "rewind":
                 self._rewind_learning_rate()
             self.sgd_step(itr)
-            testhook.kill_at("sgd", itr)
             if itr % p.record_every == 0 or itr == p.niter - 1:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
                          "test_accuracy": self.test()["accuracy"], **self.policy.fields()}
@@ -410,7 +295,7 @@ class Pipeline:
                         "this_session_wall": round(wall, 2), "wall": round(self.wall_seconds + wall, 2)},
             "finished": True,
         })
-        atomic.write_json(self.out / "record.json", self.record)
+        record.write(self.out / "record.json", self.record)
         checkpoint.remove(self.out)  # the record is the result now
         return self.record
 
@@ -443,8 +328,4 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
             raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)
         if resume and not checkpoint.exists(out):
             print(f"olmp: note: --resume: {out} holds no checkpoint to resume; starting a new run", file=sys.stderr)
-        run = Pipeline(exp, out, progress)
-        try:
-            return run.run(resume=resume)
-        finally:
-            run.close()
+        return Pipeline(exp, out, progress).run(resume=resume)

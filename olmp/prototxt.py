@@ -262,12 +262,38 @@ def check_data_batches(net: Any, path: str | Path) -> None:
             check_batch_memory(layer, Path(layer.data_param.source), path)
 
 
-def check_batch_memory(layer: Any, src: Path, path: str | Path) -> None:
+def check_validation_batch(net: Any, images: int, where: str | Path) -> None:
+    """Refuse a fixed validation batch of ``images`` training images (``validation_images``) that the
+    training set cannot fill or Caffe cannot hold, naming the experiment file ``where``: the solver's
+    net is sound, the setting is not. More images than the set holds would read some twice.
+    """
+    import lmdb  # noqa: PLC0415
+
+    pb = caffe_bridge.caffe_pb2()
+    layer = next((lay for lay in layers_in_phase(net, pb.TRAIN) if lay.type == "Data"), None)
+    if layer is None or not Path(layer.data_param.source).is_dir():
+        return  # nothing to read a batch from: building the net says so
+    src = Path(layer.data_param.source)
+    try:
+        with lmdb.open(str(src), readonly=True, lock=False) as env:
+            entries = env.stat()["entries"]
+    except lmdb.Error:
+        return  # an unreadable source: building the net says so
+    if images > entries:
+        raise OlmpError(f"validation_images {images} is more than the {entries} images of the training set "
+                        f"{src}", where)
+    probe = pb.LayerParameter()
+    probe.CopyFrom(layer)
+    probe.data_param.batch_size = images
+    check_batch_memory(probe, src, where, what=f"validation_images {images}")
+
+
+def check_batch_memory(layer: Any, src: Path, path: str | Path, what: str | None = None) -> None:
     """Refuse a Data layer whose batch Caffe could not hold, before Caffe tries.
 
     An absurd ``batch_size`` makes Caffe abort (a blob past 2**31 values) or hang in its data
     reader; the bytes one batch needs come from the first record's shape, and the data layer
-    keeps ``prefetch`` such batches plus the one it hands on.
+    keeps ``prefetch`` such batches plus the one it hands on. ``what`` names the setting in errors.
     """
     import lmdb  # noqa: PLC0415
 
@@ -283,14 +309,14 @@ def check_batch_memory(layer: Any, src: Path, path: str | Path) -> None:
     per_image = max(datum.channels, 1) * (crop * crop if crop else max(datum.height, 1) * max(datum.width, 1))
     batch = int(layer.data_param.batch_size)
     values = batch * per_image
+    what = what or f"layer '{layer.name}' batch_size {batch}"
     if values > MAX_BLOB:
-        raise OlmpError(f"layer '{layer.name}' batch_size {batch} makes a blob of {values} values, more than "
-                        f"Caffe's {MAX_BLOB}", path)
+        raise OlmpError(f"{what} makes a blob of {values} values, more than Caffe's {MAX_BLOB}", path)
     need = 4 * values * (int(layer.data_param.prefetch) + 1)
     avail = available_memory()
     if need > avail:
-        raise OlmpError(f"layer '{layer.name}' batch_size {batch} needs at least {need / 2**30:.1f} GiB for its "
-                        f"batches, more than the {avail / 2**30:.1f} GiB of memory available", path)
+        raise OlmpError(f"{what} needs at least {need / 2**30:.1f} GiB for its batches, more than the "
+                        f"{avail / 2**30:.1f} GiB of memory available", path)
 
 
 def _data_hint(path: Path) -> str:

@@ -73,4 +73,14 @@ def collect() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        # Caffe patch 0007 splits convolutions over this many threads (unset: 1), which changes the
+        # order of the gradient sums, hence the run; the CUDA device, if any, changes it too
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "gpu": _gpu_device(),
     }
+
+
+def _gpu_device() -> int | None:
+    from olmp import caffe_bridge  # noqa: PLC0415  (pycaffe is not imported for this)
+
+    return caffe_bridge.gpu_device()

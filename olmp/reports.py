@@ -10,86 +10,55 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, paths
+from olmp import atomic, record
 from olmp.errors import OlmpError
+from olmp.record import RunRecord
 
-RECORD_KEYS = ("experiment", "reference", "final", "seconds")  # what the tables read from a finished record
 
-
-def load_runs(model_dir: str | Path) -> list[dict[str, Any]]:
-    """Finished runs under ``model_dir`` (one folder per run), sorted by folder name."""
+def load_runs(model_dir: str | Path) -> list[RunRecord]:
+    """Finished runs under ``model_dir`` (one folder per run, ``best/`` aside), sorted by folder name."""
     runs = []
-    for rec_path in sorted(Path(model_dir).glob("*/record.json")):
-        try:
-            rec = json.loads(rec_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise OlmpError(f"unreadable run record ({exc})", rec_path) from None
-        if not isinstance(rec, dict):
-            raise OlmpError("a run record must be a JSON object", rec_path)
-        if rec.get("finished") and rec_path.parent.name != "best":
-            missing = [k for k in RECORD_KEYS if not isinstance(rec.get(k), dict)]
-            if missing:
-                raise OlmpError(f"finished run record lacks {', '.join(missing)}", rec_path)
-            rec["_dir"] = rec_path.parent
+    for rec_path in sorted(Path(model_dir).glob(f"*/{record.FILE}")):
+        rec = RunRecord.load(rec_path)
+        if rec.finished and rec_path.parent.name != "best":
             runs.append(rec)
     return runs
 
 
-def own_reference(rec: dict[str, Any]) -> bool:
-    """Runs from the project's own reference models, as opposed to the authors' released ones."""
-    return paths.external_models_dir().name not in Path(rec["experiment"]["weights"]).parts
-
-
-def variant(rec: dict[str, Any]) -> str | None:
-    """A run's departure from its method's usual settings: what follows the model in an OLMP experiment's
-    name (``lenet300100-validation`` -> ``validation``), or the model and the method's short name in a
-    baseline's (``lenet5-dns-published`` -> ``published``); None for the paper's settings and plain baselines."""
-    name = rec["experiment"]["name"]
-    parts = name.split("-", 2 if rec.get("method", "olmp") != "olmp" else 1)
-    return parts[-1] if len(parts) == (3 if rec.get("method", "olmp") != "olmp" else 2) else None
-
-
-def group(rec: dict[str, Any]) -> str:
-    """Summary group: the optimizer, with experiment variants and the authors' reference models apart."""
-    tags = [t for t in (variant(rec),) if t]
-    if not own_reference(rec):
-        tags.append("authors' reference")
-    return rec["optimizer"] + (f" ({', '.join(tags)})" if tags else "")
-
-
-def best_retraining_accuracy(rec: dict[str, Any]) -> float:
+def best_retraining_accuracy(rec: RunRecord) -> float:
     """The release's practice (reference doc §9): the best snapshot by test accuracy. Chosen on the test set.
 
     Only progress records from prune_stop_iter on count: they hold the final masks, so the pick
     keeps the final ratio, as a snapshot of the retraining phase would.
     """
-    stop = rec["experiment"].get("pipeline", {}).get("prune_stop_iter", 0)
-    late = [p["test_accuracy"] for p in rec.get("progress", []) if p.get("iteration", -1) >= stop and "test_accuracy" in p]
-    return max(late + [rec["final"]["test"]["accuracy"]])
+    stop = rec.experiment.get("pipeline", {}).get("prune_stop_iter", 0)
+    late = [p["test_accuracy"] for p in rec.progress if p.get("iteration", -1) >= stop and "test_accuracy" in p]
+    return max(late + [rec.final["test"]["accuracy"]])
 
 
-def run_row(rec: dict[str, Any]) -> dict[str, Any]:
-    f = rec["final"]
+def run_row(rec: RunRecord) -> dict[str, Any]:
+    """One row of runs.csv; the ``optimizer`` column is the run's summary group."""
+    f = rec.final
     row = {
-        "run": rec["_dir"].name,
-        "optimizer": group(rec),
-        "seed": rec["seed"],
-        "reference_weights": rec["experiment"]["weights"],
+        "run": rec.name,
+        "optimizer": rec.group,
+        "seed": rec.seed,
+        "reference_weights": rec.experiment["weights"],
         "remaining": f["remaining"],
         "total": f["total"],
         "ratio": round(f["ratio"], 2),
         "test_accuracy": f["test"]["accuracy"],
         "best_retraining_test_accuracy_chosen_on_test_set": best_retraining_accuracy(rec),
-        "reference_accuracy": rec["reference"]["test"]["accuracy"],
+        "reference_accuracy": rec.reference["test"]["accuracy"],
     }
     for name, v in f["layers"].items():
         row[f"{name}_remaining_pct"] = round(100.0 * v["remaining"] / v["total"], 2)
-    row["sgd_seconds"] = rec["seconds"]["sgd"]
-    row["search_seconds"] = rec["seconds"]["search"]
+    row["sgd_seconds"] = rec.seconds["sgd"]
+    row["search_seconds"] = rec.seconds["search"]
     return row
 
 
-def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_run(runs: list[RunRecord]) -> RunRecord | None:
     """Highest ratio among OLMP runs; the rule never reads the test set.
 
     Only OLMP runs compete (``best/`` is OLMP's result, baselines are compared in comparison.csv),
@@ -97,11 +66,11 @@ def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     such run already met its accuracy constraint on training images at each search, so the ratio is
     what is left to choose by; choosing by test accuracy would make the test set a validation set.
     """
-    runs = [r for r in runs if r.get("method", "olmp") == "olmp"]
-    runs = [r for r in runs if own_reference(r)] or runs
+    runs = [r for r in runs if r.method == "olmp"]
+    runs = [r for r in runs if r.own_reference] or runs
     if not runs:
         return None
-    return max(runs, key=lambda r: r["final"]["ratio"])
+    return max(runs, key=lambda r: r.final["ratio"])
 
 
 def _markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
@@ -145,7 +114,7 @@ def write_runs_table(model_dir: str | Path) -> dict[str, Any]:
             "best_run_test_accuracy": best["test_accuracy"],
         })
     chosen = best_run(runs)
-    best_name = "none" if chosen is None else chosen["_dir"].name
+    best_name = "none" if chosen is None else chosen.name
     text = (f"# OLMP runs: {model_dir.name}\n\nRegenerated by `olmp report {model_dir}` from the run records.\n"
             "Ratio = all parameters (weights + biases) / remaining; test accuracy on the 10,000 MNIST test images.\n"
             "`best/` holds the highest-ratio OLMP run from the project's own reference model; the rule reads "
@@ -161,6 +130,43 @@ def write_runs_table(model_dir: str | Path) -> dict[str, Any]:
         with atomic.atomic_path(best_dir) as tmp:
             tmp.mkdir()
             for name in ("record.json", "pruned.caffemodel"):
-                shutil.copy2(chosen["_dir"] / name, tmp / name)
-            (tmp / "SOURCE").write_text(f"{chosen['_dir'].name}\n")
-    return {"runs": len(rows), "summary": summary, "best": None if chosen is None else chosen["_dir"].name}
+                shutil.copy2(model_dir / chosen.name / name, tmp / name)
+            (tmp / "SOURCE").write_text(f"{chosen.name}\n")
+    return {"runs": len(rows), "summary": summary, "best": None if chosen is None else chosen.name}
+
+
+REFERENCE_MODELS = ("lenet300100", "lenet5")  # the models references.md tabulates
+
+
+def references_table(ref_dir: str | Path) -> str:
+    """The text of references.md: one row per ``ref_dir/<model>/train.json`` present (``olmp train``'s record)."""
+    rows = []
+    for m in REFERENCE_MODELS:
+        p = Path(ref_dir) / m / "train.json"
+        if not p.is_file():
+            continue
+        try:
+            r = json.loads(p.read_text())
+            rows.append(f"| {m} | {r['iters']} | {r['seed']} | {100 * r['test']['accuracy']:.2f}% | "
+                        f"{r['test']['loss']:.4f} | {r['train_seconds']:.0f} s |")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise OlmpError(f"unreadable training record ({type(exc).__name__}: {exc})", p) from None
+    return ("# Reference models\n\nTrained by `scripts/train_references.sh` (`make reference`), i.e.\n"
+            "`olmp train --solver solvers/<model>_solver.prototxt --iters 10000 --seed 1 "
+            "--out results/references/<model>`,\n"
+            "with `OPENBLAS_NUM_THREADS=1` on the 2-core development machine. Accuracy and loss on all\n"
+            "10,000 MNIST test images. Papers' references: LeNet-300-100 97.73%, LeNet-5 99.09%.\n"
+            "Wall times were measured on a shared, busy machine (the LeNet-5 run shared both cores with\n"
+            "the pycaffe compile), so read them as upper bounds.\n\n"
+            "| model | iterations | seed | test accuracy | test loss | training wall time |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def write_references_table(ref_dir: str | Path) -> Path:
+    """references.md beside ``ref_dir`` (results/references -> results/references.md); returns its path."""
+    ref_dir = Path(ref_dir)
+    if not ref_dir.is_dir():
+        raise OlmpError("reference models folder not found", ref_dir)
+    out = ref_dir.parent / "references.md"
+    atomic.write_text(out, references_table(ref_dir))
+    return out

@@ -11,14 +11,15 @@ against the spread of the committed seeds (with a margin), not bit for bit.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, checkpoint, paths
+from olmp import atomic, checkpoint, paths, record
 from olmp.errors import OlmpError
+from olmp.record import RunRecord
 
 # The released OLMP models (reference doc §5): ratio and the test accuracy the paper reports.
 PAPER = {"lenet300100": {"ratio": 113.5, "test_accuracy": 0.9782, "reference_accuracy": 0.9773},
@@ -28,28 +29,23 @@ RATIO_MARGIN = 0.10  # relative, beyond the committed seeds' range
 ACCURACY_MARGIN = 0.002  # absolute (0.2 points), beyond the committed seeds' range
 
 
-def read_record(path: Path) -> dict[str, Any]:
+def read_record(path: Path) -> RunRecord:
     """A finished run record, or a one-line error."""
-    try:
-        rec = json.loads(path.read_text())
-    except OSError:
-        raise OlmpError("run record not found", path) from None
-    except ValueError as exc:
-        raise OlmpError(f"unreadable run record ({exc})", path) from None
-    if not isinstance(rec, dict) or not rec.get("finished"):
+    rec = RunRecord.load(path)
+    if not rec.finished:
         raise OlmpError("the run is not finished", path)
     return rec
 
 
-def _row(label: str, rec: dict[str, Any]) -> dict[str, Any]:
-    f, secs = rec["final"], rec.get("seconds", {})
-    wall = secs.get("wall", secs.get("this_session_wall")) if isinstance(secs, dict) else secs
+def _row(label: str, rec: RunRecord) -> dict[str, Any]:
+    f, secs = rec.final, rec.seconds
     return {"label": label, "ratio": f["ratio"], "test_accuracy": f["test"]["accuracy"],
-            "reference_accuracy": rec["reference"]["test"]["accuracy"], "wall_seconds": wall}
+            "reference_accuracy": rec.reference["test"]["accuracy"],
+            "wall_seconds": secs.get("wall", secs.get("this_session_wall"))}
 
 
 def verdict(run: dict[str, Any], committed: dict[str, Any] | None, seeds: list[dict[str, Any]],
-            changed: list[str] = ()) -> str:
+            changed: Sequence[str] = ()) -> str:
     """identical / within the committed seeds' range / outside it, with the range it was judged by."""
     if changed:
         return f"not comparable: this run's settings differ from the committed record's ({', '.join(changed)})"
@@ -94,13 +90,14 @@ def table(run_dir: str | Path, model: str, optimizer: str, seed: int, results: s
     results = Path(results) if results else paths.RESULTS_DIR
     run_rec = read_record(run_dir / "record.json")
     run = _row(f"this run ({_shown(run_dir)})", run_rec)
-    committed_path = results / model / f"{optimizer}-seed{seed}" / "record.json"
+    committed_path = results / model / record.run_name("olmp", optimizer, seed, searches=True) / record.FILE
     committed, changed = None, []
     if committed_path.is_file():
         committed_rec = read_record(committed_path)
         committed = _row(f"committed ({_shown(committed_path.parent)})", committed_rec)
-        changed = checkpoint.changed_settings(run_rec["experiment"], committed_rec["experiment"])
-    seeds = [_row(p.parent.name, read_record(p)) for p in sorted((results / model).glob(f"{optimizer}-seed*/record.json"))
+        changed = checkpoint.changed_settings(run_rec.experiment, committed_rec.experiment)
+    seeds = [_row(p.parent.name, read_record(p))
+             for p in sorted((results / model).glob(f"{optimizer}-seed*/{record.FILE}"))
              if p.parent.name.removeprefix(f"{optimizer}-seed").isdigit()]
     rows = [run] + ([committed] if committed else [])
     if model in PAPER:

@@ -142,11 +142,10 @@ def export_sparse(src: str | Path, dst: str | Path) -> dict[str, Any]:
     meta = {"format": FORMAT, "version": VERSION, "index_bits": INDEX_BITS, "source": src.name,
             "layers": layers_meta}
     arrays["meta"] = np.array(json.dumps(meta))
-    with atomic.atomic_path(dst) as tmp:
-        with open(tmp, "wb") as fh:  # a file object: numpy would append ".npz" to a bare name
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic.atomic_path(dst) as tmp, open(tmp, "wb") as fh:  # a file object: numpy would append ".npz"
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
     return {
         "out": str(dst),
         "nonzero": nonzero,

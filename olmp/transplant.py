@@ -29,7 +29,7 @@ from olmp.errors import OlmpError
 TEST_EVERY = 1000  # solver steps between test-set points of the retraining curve
 
 
-def masks_of(model: "weights.Model | str | Path", layers: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+def masks_of(model: weights.Model | str | Path, layers: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
     """A model's masks: the mask blobs of a 4-blob fork file, else its nonzero entries."""
     if not isinstance(model, weights.Model):
         model = weights.read_caffemodel(model)
@@ -123,9 +123,10 @@ def run(exp: Experiment, masks_path: str, weights_path: str, out: Path, progress
         if (rec.get("masks"), rec.get("weights"), rec.get("experiment")) == (masks_path, weights_path, exp.source):
             return rec
         raise OlmpError("holds a transplant record of other inputs; choose another --out", out)
+    atomic.check_target(out, folder=True)  # before the retraining, not after it
+    atomic.check_target(rec_path)
     rec = retrain(exp, masks_path, weights_path, progress)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic.write_json(rec_path, rec)
+    atomic.write_json(rec_path, rec)  # makes the folder; a failed write leaves none
     return rec
 
 

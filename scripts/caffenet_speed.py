@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from olmp import atomic, caffe_bridge, caltech, config, paths, prototxt  # noqa: E402
-from olmp.adjusting import MaskedLayers  # noqa: E402
-from olmp.candidate import CandidateEvaluator  # noqa: E402
-from olmp.thresholds import layer_stats  # noqa: E402
+from olmp import atomic, caffe_bridge, caltech, config, paths, prototxt
+from olmp.adjusting import MaskedLayers
+from olmp.candidate import CandidateEvaluator
+from olmp.thresholds import layer_stats
 
 SOLVER = "solvers/caffenet_caltech256_solver.prototxt"
 

@@ -107,7 +107,7 @@ def external_models() -> Path:
     return d
 
 
-def stop_then_resume(exp, out: Path, stop_at: int) -> dict:  # noqa: ANN001
+def stop_then_resume(exp, out: Path, stop_at: int) -> dict:
     """Run ``exp`` into ``out``, stop it before SGD step ``stop_at`` (as a kill would), then resume it."""
     from olmp import pipeline
 

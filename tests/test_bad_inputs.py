@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import REPO, experiment_300100
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, experiment_300100
 from olmp import caffe_bridge, config, mnist, prototxt, weights
 from olmp.errors import OlmpError
 
@@ -128,30 +128,30 @@ def _weights_cases(d: Path) -> list[Case]:
     pb = caffe_bridge.caffe_pb2()
     good = GOOD_WEIGHTS.read_bytes()
 
-    def edit(fn) -> bytes:  # noqa: ANN001
+    def edit(fn) -> bytes:
         m = pb.NetParameter()
         m.ParseFromString(good)
         fn({layer.name: layer for layer in m.layer}, m)
         return m.SerializeToString()
 
-    def dims(name: str, i: int, value: list[int]):  # noqa: ANN202
+    def dims(name: str, i: int, value: list[int]):
         return lambda ls, m: ls[name].blobs[i].shape.dim.__setitem__(slice(None), value)
 
-    def setval(name: str, i: int, value: float):  # noqa: ANN202
+    def setval(name: str, i: int, value: float):
         return lambda ls, m: ls[name].blobs[i].data.__setitem__(3, value)
 
-    def drop_blob(ls, m) -> None:  # noqa: ANN001
+    def drop_blob(ls, m) -> None:
         del ls["ip2"].blobs[1]
 
-    def duplicate(ls, m) -> None:  # noqa: ANN001
+    def duplicate(ls, m) -> None:
         m.layer.add().CopyFrom(ls["ip3"])
 
-    def legacy(ls, m) -> None:  # noqa: ANN001
+    def legacy(ls, m) -> None:
         b = ls["ip3"].blobs[1]
         b.ClearField("shape")
         b.num, b.channels, b.height, b.width = 1, 1, 1, 11
 
-    def fork_mask(ls, m) -> None:  # noqa: ANN001
+    def fork_mask(ls, m) -> None:
         lay = ls["ip3"]
         lay.type = "CInnerProduct"
         lay.blobs.add().CopyFrom(lay.blobs[0])
@@ -159,10 +159,10 @@ def _weights_cases(d: Path) -> list[Case]:
         mask.CopyFrom(lay.blobs[1])
         mask.shape.dim[:] = [5, 2]
 
-    def renamed(ls, m) -> None:  # noqa: ANN001
+    def renamed(ls, m) -> None:
         ls["ip2"].name = "ipX"
 
-    def zero_blob(ls, m) -> None:  # noqa: ANN001
+    def zero_blob(ls, m) -> None:
         b = ls["ip3"].blobs[1]
         b.shape.dim[:] = [0]
         b.ClearField("data")
@@ -468,10 +468,3 @@ def test_mutated_inputs_are_accepted_or_refused(tmp_path: Path, mnist_dir: Path,
     if name == "m-idx3-ubyte":  # whatever the bytes, they are not the real test labels
         with pytest.raises(OlmpError):
             mnist.verify_file(p, mnist.TEST_LABELS)
-
-
-def test_config_knows_the_optimizers_least_population() -> None:
-    from olmp.search import OPTIMIZERS
-
-    assert set(OPTIMIZERS) == set(config.OPTIMIZER_NAMES)
-    assert {n: config.MIN_POPULATION.get(n, 1) for n in OPTIMIZERS} == {n: c.min_popsize for n, c in OPTIMIZERS.items()}

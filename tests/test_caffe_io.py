@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_olmp
+
 from olmp import caffe_bridge, evaluate, prototxt, train, weights
 from olmp.errors import OlmpError
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_olmp
 from google.protobuf import text_format
 
-from conftest import run_olmp
 from olmp import caffe_bridge, caltech, config, pipeline, prototxt, train, weights
 
 NET = "models/caffenet_caltech256/train_val.prototxt"

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from conftest import REPO, run_olmp
+
 from olmp import checkpoint, weights
 
 
@@ -24,7 +25,7 @@ def _solver(tmp_path: Path, model: str, **changes: str) -> Path:
     return p
 
 
-def _one_line(r, *needles: str) -> str:  # noqa: ANN001
+def _one_line(r, *needles: str) -> str:
     err = r.stderr.strip()
     assert r.returncode == 2 and len(err.splitlines()) == 1 and err.startswith("olmp: error: "), (r.returncode, err)
     for n in needles:

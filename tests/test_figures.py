@@ -8,10 +8,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from conftest import run_olmp
-from olmp import config, figures, pipeline
 from test_pipeline import small_experiment
+
+from olmp import config, figures, pipeline
+from olmp.record import RunRecord
 
 NAMES = ("progress", "convergence", "layers", "methods", "tradeoff")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,6 +73,6 @@ def test_figures_with_no_runs_or_no_feasible_trace(model_dir: Path, tmp_path: Pa
     rec = json.loads((model_dir / "ncs-seed1" / "record.json").read_text())
     for s in rec["searches"]:
         s["trace"] = [[e, None] for e, _ in s["trace"]]
-    fig = figures.convergence_figure([rec])
+    fig = figures.convergence_figure([RunRecord.from_dict(rec)])
     figures.save(fig, tmp_path / "convergence")
     assert "no feasible search trace" in (tmp_path / "convergence.svg").read_text()

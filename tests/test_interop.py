@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_olmp
+
 from olmp import caffe_bridge, convert, evaluate, prototxt, sparse, weights
 from olmp.errors import OlmpError
 
@@ -25,7 +25,7 @@ def _exact_mask(rng: np.random.Generator, shape: tuple[int, ...], keep: int) -> 
     return m.reshape(shape)
 
 
-def _blob(layer, arr: np.ndarray) -> None:  # noqa: ANN001
+def _blob(layer, arr: np.ndarray) -> None:
     b = layer.blobs.add()
     b.shape.dim.extend(arr.shape)
     b.data.extend(arr.ravel().tolist())
@@ -87,7 +87,7 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def _assert_one_line_error(r, needle: str) -> None:  # noqa: ANN001
+def _assert_one_line_error(r, needle: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and err.startswith("olmp: error: ") and needle in err, err

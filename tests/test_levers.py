@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import experiment_300100, run_olmp, stop_then_resume, without_timing
+
 from olmp import config, pipeline, transplant, weights
 
 

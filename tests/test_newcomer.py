@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, experiment_300100, run_olmp
+
 from olmp import config, paths, pipeline, sidebyside
 from olmp.errors import OlmpError
 

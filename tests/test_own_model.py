@@ -12,8 +12,8 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
-
 from conftest import run_olmp
+
 from olmp import config, sparse, weights
 
 LAYER = """layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}"

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, experiment_300100, run_olmp, without_timing
+
 from olmp import caffe_bridge, config, evaluate, pipeline, prototxt, weights
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CandidateEvaluator, chunk_nets
 from olmp.errors import OlmpError
 from olmp.thresholds import layer_stats
+
 
 def small_experiment(tmp_path: Path, weights_path: Path, **kw: object) -> Path:
     text = experiment_300100(weights_path, **kw)
@@ -256,19 +257,18 @@ def test_chunked_evaluation_decides_like_the_whole_batch(lenet5_model: Path) -> 
 
 
 @pytest.mark.parametrize("accuracy_on", ["minibatch", "validation"])
-def test_parallel_workers_give_the_same_run(tmp_path: Path, lenet300100_model: Path, accuracy_on: str) -> None:
-    """A population scored by 1 or 3 processes, whole or in chunks: the same searches, masks and model, bit for bit."""
+def test_chunks_give_the_same_run(tmp_path: Path, lenet300100_model: Path, accuracy_on: str) -> None:
+    """A population scored whole or in chunks: the same searches, masks and model, bit for bit."""
     text = small_experiment(tmp_path, lenet300100_model, niter=121, prune_stop=120, budget=48).read_text()
-    if accuracy_on == "validation":  # the TEST-phase batch net (split layers, a different phase) in the workers
+    if accuracy_on == "validation":  # the TEST-phase batch net (split layers, a different phase) in chunks
         text = text.replace("delta = 0.08", 'delta = 0.02\naccuracy_on = "validation"\nvalidation_images = 300')
     (tmp_path / "par.toml").write_text(text)
     exp = config.load(tmp_path / "par.toml")
     recs, models = [], []
-    for workers, chunks in ((1, 1), (3, 1), (1, 5), (2, 5)):
-        out = tmp_path / f"w{workers}c{chunks}"
-        search = exp.search.__class__(**{**vars(exp.search), "workers": workers, "chunks": chunks})
+    for chunks in (1, 5):
+        out = tmp_path / f"c{chunks}"
+        search = exp.search.__class__(**{**vars(exp.search), "chunks": chunks})
         rec = without_timing(pipeline.prune(config.check(exp.replace(search=search)), out, progress=False))
-        rec["experiment"]["search"].pop("workers")
         rec["experiment"]["search"].pop("chunks")
         recs.append(rec)
         models.append((out / "pruned.caffemodel").read_bytes())
@@ -297,7 +297,7 @@ def test_dropout_nets_score_candidates_with_dropout_off(tmp_path: Path, lenet300
     run = pipeline.Pipeline(config.load(tmp_path / "exp.toml"), tmp_path / "run", progress=False)
     assert run.chunks and all("drop1" in c.net._layer_names for c in run.chunks)  # the same layers, TEST phase
     run.sgd_step(-1)  # one real minibatch in the blobs
-    ev = CandidateEvaluator(run.eval_net, run.layers, run.stats, ["ip1", "ip2", "ip3"], 0.08, run.chunks)
+    ev = CandidateEvaluator(run.eval_net, run.layers, run.stats, ["ip1", "ip2", "ip3"], 0.08, chunks=run.chunks)
     with ev.session():
         scores = [ev(np.array(c)).accuracy for c in [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]] * 4]
         assert ev.forwards >= 8  # the crates alternate, so every call re-ran the net

@@ -27,11 +27,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import REPO, experiment_300100
 from google.protobuf import text_encoding
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, experiment_300100
 from olmp import config
 
 NET = REPO / "models/lenet300100/train_test.prototxt"
@@ -252,7 +252,7 @@ def check_prototxts(tmp: Path, files: tuple[str, str]) -> None:
     prune_ends_cleanly(exp, "changed: " + _shown("\n".join(diff)))
 
 
-def run_property(strategy: st.SearchStrategy, check, n: int, tmp: Path) -> None:  # noqa: ANN001
+def run_property(strategy: st.SearchStrategy, check, n: int, tmp: Path) -> None:
     """``check`` on ``n`` derandomized examples (no shrinking: each example is a real CLI run)."""
     @settings(max_examples=n, derandomize=True, database=None, deadline=None,
               phases=[Phase.explicit, Phase.generate],

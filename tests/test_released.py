@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import experiment_300100, stop_then_resume, without_timing
+
 from olmp import caffe_bridge, config, pipeline
 from olmp.adjusting import MaskedLayers
 from olmp.candidate import CumulativeEvaluator

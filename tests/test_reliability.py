@@ -9,18 +9,22 @@ output tests are made with mknod under the test's own folder, never the system's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import NamedTuple
 
 import pytest
-
 from conftest import REPO, experiment_300100
-from olmp import caffe_bridge, prototxt, weights
+
+from olmp import caffe_bridge, mnist, prototxt, weights
 from olmp.errors import OlmpError
 
 NET = REPO / "models/lenet300100/train_test.prototxt"
@@ -264,3 +268,176 @@ def test_failed_prune_leaves_no_folder(tmp_path: Path, mnist_dir: Path) -> None:
     out = tmp_path / "deep" / "run"
     one_line_error(olmp("prune", "--experiment", str(p), "--out", str(out), "--quiet"), "ip4")
     assert not (tmp_path / "deep").exists()
+
+
+# ---- I/O errors and full disks on every write path -------------------------------------------------
+#
+# tests/write_faults.c, preloaded into the real `olmp` process, makes the libc write and sync calls on
+# files whose path contains OLMP_FAULT_PATH fail with an errno: EIO at fsync (a failing disk shows its
+# errors at writeback), ENOSPC at the first write (a full disk). A device-mapper "error" target would
+# do the same at the block layer, but containers rarely have one; this reaches every writer (Python,
+# numpy, matplotlib, LMDB, Caffe's C++ snapshot in its forked child) and exactly the file a case names.
+
+FAULTS = {"EIO": ("5", "sync"), "ENOSPC": ("28", "write")}
+
+
+@pytest.fixture(scope="module")
+def write_faults(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/write_faults.c built as a preloadable library; skipped where no C compiler builds it."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build tests/write_faults.c; the injected EIO/ENOSPC checks are skipped")
+    lib = tmp_path_factory.mktemp("faults") / "write_faults.so"
+    r = subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(lib), str(REPO / "tests/write_faults.c"), "-ldl"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot build tests/write_faults.c ({r.stderr.strip()[-300:]}); the EIO/ENOSPC checks are skipped")
+    return lib
+
+
+@pytest.fixture(scope="module")
+def fault_inputs(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> dict[str, Path]:
+    """What the write paths read: a finished run in a model folder, an npz, a tiny Caltech-like folder."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("fault-inputs")
+    exp = experiment(d, record_every=1000)
+    model = d / "model"
+    r = olmp("prune", "--experiment", str(exp), "--out", str(model / "run-a"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    npz = d / "m.npz"
+    assert olmp("export", "--sparse", str(GOOD_WEIGHTS), str(npz)).returncode == 0
+    images = d / "256_ObjectCategories"
+    for c, name in enumerate(("001.ak47", "002.american-flag", "257.clutter")):
+        (images / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40 + i, 30), (80 * c, 10 * i, 0)).save(images / name / f"{c + 1:03d}_{i:04d}.jpg")
+    return {"exp": exp, "model": model, "npz": npz, "images": images, "mnist": mnist_dir}
+
+
+def _state(p: Path) -> object:
+    """Each file under ``p`` (or ``p`` itself) by inode, size and mtime: whether a failure left it alone."""
+    if not p.exists():
+        return None
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return [(str(f.relative_to(p)), os.stat(f).st_ino, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+
+
+def _strays(folder: Path) -> list[str]:
+    """``leftovers``, less the .lock a run folder that holds a run keeps (a lone .lock is a stray)."""
+    return [p for p in leftovers(folder)
+            if not (p.endswith(".lock") and {q.name for q in (folder / p).parent.iterdir()} != {".lock"})]
+
+
+class Case(NamedTuple):
+    label: str
+    argv: list[str]
+    where: str  # the fault hits files whose path contains this
+    named: Path  # the output the error must name, left as it was
+    env: dict[str, str] = {}
+    at: str | None = None  # "write" or "sync": where the fault hits, if not where FAULTS puts it
+    reason: str | None = None  # expected in the message, if not the errno's text
+    on_tmpfs: bool = False  # a full disk is also checked for real (test_full_disk_is_one_line_and_leaves_nothing)
+
+
+def _fault_cases(w: Path, inputs: dict[str, Path]) -> list[Case]:
+    """One case per write path, each failing on the output it names."""
+    exp, npz, model = str(inputs["exp"]), str(inputs["npz"]), w / "model"
+    exp_ck = w / "exp_ck.toml"
+    exp_ck.write_text(inputs["exp"].read_text().replace("checkpoint_every = 1000", "checkpoint_every = 1"))
+    data = {"OLMP_DATA_DIR": str(w / "data")}
+    tp = ["transplant", "--experiment", exp, "--masks", str(model / "run-a" / "pruned.caffemodel"),
+          "--weights", str(GOOD_WEIGHTS), "--out", str(w / "tp"), "--quiet"]
+    return [
+        Case("convert", ["convert", str(GOOD_WEIGHTS), str(w / "old.caffemodel")], "old.caffemodel",
+             w / "old.caffemodel", on_tmpfs=True),
+        Case("export npz", ["export", "--sparse", str(GOOD_WEIGHTS), str(w / "m.npz")], "m.npz", w / "m.npz",
+             on_tmpfs=True),
+        Case("export caffemodel", ["export", "--dense", npz, str(w / "d.caffemodel")], "d.caffemodel",
+             w / "d.caffemodel"),
+        Case("train model", ["train", "--solver", str(SOLVER), "--iters", "2", "--out", str(w / "t"), "--quiet"],
+             "model.caffemodel", w / "t" / "model.caffemodel", on_tmpfs=True),
+        Case("checkpoint", ["prune", "--experiment", str(exp_ck), "--out", str(w / "c"), "--quiet"], "/checkpoint/",
+             w / "c" / "checkpoint", on_tmpfs=True),
+        # Caffe's own C++ snapshot writer, in its forked child: it cannot say why, only that it failed
+        Case("caffe snapshot", ["prune", "--experiment", str(exp_ck), "--out", str(w / "s"), "--quiet"],
+             "/.snapshot/", w / "s" / "checkpoint", at="write", reason="Caffe could not save the snapshot"),
+        Case("pruned model", ["prune", "--experiment", exp, "--out", str(w / "p"), "--quiet"], "pruned.caffemodel",
+             w / "p" / "pruned.caffemodel", on_tmpfs=True),
+        Case("run record", ["prune", "--experiment", exp, "--out", str(w / "r"), "--quiet"], "record.json",
+             w / "r" / "record.json"),
+        Case("best run", ["report", str(model)], "/best/", model / "best"),
+        Case("figure png", ["report", str(model)], "layers.png", model / "layers.png"),
+        Case("figure svg", ["report", str(model)], "progress.svg", model / "progress.svg"),
+        Case("transplant record", tp, "record.json", w / "tp" / "record.json"),
+        Case("transplant table", ["transplant", "--table", str(w / "diag")], "mask-transplant.json",
+             w / "diag" / "mask-transplant.json"),
+        Case("mnist idx", ["data", "mnist", "--from", str(inputs["mnist"]), "--quiet"], "train-images-idx3-ubyte",
+             w / "idx" / "mnist" / "train-images-idx3-ubyte", {"OLMP_DATA_DIR": str(w / "idx")}),
+        Case("mnist lmdb", ["data", "mnist", "--quiet"], "mnist_train_lmdb", w / "data" / "mnist" / "mnist_train_lmdb",
+             data),
+        Case("caltech lmdb", ["data", "caltech256", "--from", str(inputs["images"]), "--quiet"],
+             "caltech256_train_lmdb", w / "data" / "caltech256", data),
+    ]
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_write_faults_on_every_path(fault: str, write_faults: Path, fault_inputs: dict[str, Path],
+                                    mnist_dir: Path, tmp_path: Path) -> None:
+    """EIO (at fsync) and ENOSPC (at write) on each output in turn: exit 2 and one line naming that output,
+    with the reason; the output as it was before, every earlier file untouched, no temporaries, no lone .lock,
+    no empty folder. Two cases run at a time (separate outputs; the report's cases one after another)."""
+    code, at = FAULTS[fault]
+    w = tmp_path
+    shutil.copytree(fault_inputs["model"], w / "model")
+    (w / "old.caffemodel").write_bytes(b"\x02" * 10_000)
+    (w / "diag" / "transplant" / "x").mkdir(parents=True)
+    (w / "diag" / "transplant" / "x" / "record.json").write_text(json.dumps(
+        {"masks": "m", "weights": "w", "ratio": 2.0, "test_before": 0.9, "test_final": 0.95,
+         "test_best_over_curve": 0.96}))
+    (w / "data" / "mnist").mkdir(parents=True)
+    for name in mnist.FILES:  # verified IDX files in place: `olmp data mnist` goes straight to the LMDBs
+        shutil.copy(mnist_dir / name, w / "data" / "mnist" / name)
+    cases = [c for c in _fault_cases(w, fault_inputs)
+             if not (fault == "ENOSPC" and c.on_tmpfs and os.geteuid() == 0)]  # those see a real full disk
+    earlier = {p: _state(p) for p in (w / "old.caffemodel", w / "data" / "mnist", w / "model" / "run-a",
+                                      w / "diag" / "transplant")}
+
+    def run(group: list[Case]) -> list[str]:
+        problems = []
+        for case in group:
+            before = _state(case.named)
+            r = olmp(*case.argv, env={"LD_PRELOAD": str(write_faults), "OLMP_FAULT_PATH": case.where,
+                                      "OLMP_FAULT_ERRNO": code, "OLMP_FAULT_AT": case.at or at, **case.env})
+            err, reason = r.stderr.strip(), case.reason or os.strerror(int(code))
+            if not (r.returncode == 2 and len(err.splitlines()) == 1
+                    and err.startswith(f"olmp: error: {case.named}: ") and reason in err):
+                problems.append(f"{case.label}: exit {r.returncode}: {err[-600:]}")
+            elif _state(case.named) != before:
+                problems.append(f"{case.label}: {case.named} was changed")
+        return problems
+
+    reports = [c for c in cases if c.argv[0] == "report"]  # one model folder: one after another
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [p for got in pool.map(run, [reports] + [[c] for c in cases if c not in reports]) for p in got]
+    failures += [f"{p} was changed" for p, s in earlier.items() if _state(p) != s]
+    failures += [f"empty folder left: {d}" for d in w.rglob("*") if d.is_dir() and not any(d.iterdir())]
+    failures += [f"left behind: {p}" for p in _strays(w)]
+    assert not failures, "\n".join(failures)
+
+
+def test_validation_batch_names_the_experiment(tmp_path: Path, mnist_dir: Path) -> None:
+    """A validation batch larger than the training set, or absurd, is the experiment's setting: the error
+    names the experiment file (it named the solver), before Caffe builds a batch (100,000 took 2 GB)."""
+    base = experiment(tmp_path).read_text()
+    olmp_exp = base.replace("delta = 0.08", 'delta = 0.08\naccuracy_on = "validation"\nvalidation_images = {n}')
+    dc_exp = (base.replace("seed = 1\n", 'seed = 1\nmethod = "deep-compression"\n', 1)
+              + "\n[baseline]\nvalidation_images = {n}\nrounds = 1\n")
+    for name, text, n in (("search", olmp_exp, 1_000_000_000), ("search", olmp_exp, 100_000),
+                          ("baseline", dc_exp, 100_000)):
+        p = tmp_path / f"{name}{n}.toml"
+        p.write_text(text.format(n=n))
+        t0 = time.monotonic()
+        err = one_line_error(olmp("prune", "--experiment", str(p), "--out", str(tmp_path / "o"), "--quiet"), p)
+        assert f"validation_images {n} is more than the 60000 images of the training set" in err, err
+        assert time.monotonic() - t0 < 60 and not (tmp_path / "o").exists()

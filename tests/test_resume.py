@@ -1,6 +1,6 @@
 """Kill a real ``olmp prune`` with SIGKILL at exact points, resume it, get the same model.
 
-The points come from the test hook ``OLMP_TEST_KILL_AT`` (olmp/testhook.py): in the middle
+The points come from tests/killpoints.py, which runs olmp with the kill put in: in the middle
 of the very first checkpoint, during SGD, during a search, and in the middle of a later
 checkpoint. One run folder is killed and resumed in turn at each, then finished; its
 ``pruned.caffemodel`` and record (less the wall-clock fields) must equal, bit for bit,
@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, experiment_300100, without_timing
-from olmp import atomic, caffe_bridge, checkpoint, testhook, weights
+
+from olmp import atomic, caffe_bridge, checkpoint, weights
+
 
 def experiment(weights: Path) -> str:
     return experiment_300100(weights, name="resume300100", seed=3, niter=241, prune_stop=200, record_every=80,
@@ -29,11 +30,9 @@ def experiment(weights: Path) -> str:
 
 
 def prune(exp: Path, out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != testhook.ENV}
-    if kill_at:
-        env[testhook.ENV] = kill_at
-    return subprocess.run([sys.executable, "-m", "olmp", "prune", "--experiment", str(exp), "--out", str(out),
-                           "--quiet", "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    entry = [str(REPO / "tests" / "killpoints.py"), kill_at] if kill_at else ["-m", "olmp"]
+    return subprocess.run([sys.executable, *entry, "prune", "--experiment", str(exp), "--out", str(out),
+                           "--quiet", "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def is_temporary(rel: Path) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -117,7 +117,7 @@ def test_cmaes_augmented_lagrangian_ends_feasible() -> None:
     def g(x: np.ndarray) -> float:
         return float(np.sum((x - centre) ** 2) - radius**2)
 
-    opt = CMAES(np.zeros(dim), 2.0, (LB, UB), 10, 1000, seed=1, constraint_handling="al")
+    opt = CMAES(np.zeros(dim), 2.0, (LB, UB), 10, 1000, seed=1, constraint="al")
     while not opt.stop():
         X = opt.ask()
         opt.tell(X, [float(np.sum(x)) for x in X], [g(x) for x in X])
@@ -129,7 +129,7 @@ def test_cmaes_augmented_lagrangian_ends_feasible() -> None:
 
 
 def test_cmaes_al_needs_violations() -> None:
-    opt = make_optimizer("cmaes", [1.0, 1.0], 1.0, (0, 10), 4, 20, 0, constraint_handling="al")
+    opt = make_optimizer("cmaes", [1.0, 1.0], 1.0, (0, 10), 4, 20, 0, constraint="al")
     X = opt.ask()
     with pytest.raises(OlmpError, match="needs violations"):
         opt.tell(X, [1.0] * len(X))
@@ -234,7 +234,7 @@ def test_reflect_mirrors_then_clips() -> None:
 
 
 def test_registry() -> None:
-    assert OPTIMIZERS == {"ncs": NCS, "cmaes": CMAES, "sampling": Sampling}
+    assert {"ncs": NCS, "cmaes": CMAES, "sampling": Sampling} == OPTIMIZERS
 
 
 def test_unknown_optimizer_name() -> None:
@@ -275,7 +275,7 @@ def test_bad_arguments_are_one_line_olmp_errors(kwargs: dict, words: str) -> Non
     "kwargs, words",
     [
         ({"popsize": 1}, "popsize"),
-        ({"constraint_handling": "death"}, "constraint_handling"),
+        ({"constraint": "death"}, "handles constraint 'penalty' or 'al', got 'death'"),
         ({"cma_options": {"seed": 3}}, "may not set 'seed'"),
     ],
 )

@@ -10,7 +10,8 @@ record of the best FEASIBLE solution told so far. Fitness is minimised.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from cma.interfaces import OOOptimizer
@@ -70,6 +71,9 @@ class Optimizer(OOOptimizer, abc.ABC):
     name: ClassVar[str] = "base"
     option_defaults: ClassVar[dict[str, Any]] = {}
     min_popsize: ClassVar[int] = 1
+    # how infeasible candidates are handled: "penalty" (the caller's fitness already encodes them)
+    # or "al" (tell() gets violations; only optimizers that read them list it)
+    constraints: ClassVar[tuple[str, ...]] = ("penalty",)
 
     def __init__(
         self,
@@ -80,9 +84,14 @@ class Optimizer(OOOptimizer, abc.ABC):
         budget: int,
         seed: int,
         rng: np.random.RandomState | None = None,
+        constraint: str = "penalty",
         **options: Any,
     ) -> None:
         self._shared_rng = rng  # released mode (§9): draw from the run's one stream, not our own
+        if constraint not in self.constraints:
+            raise OlmpError(f"optimizer {self.name} handles constraint {' or '.join(map(repr, self.constraints))}, "
+                            f"got {constraint!r}")
+        self.constraint = constraint
         x0 = np.array(x0, dtype=np.float64)
         if x0.ndim != 1 or x0.size == 0:
             raise OlmpError(f"x0 must be a non-empty 1-D array, got shape {x0.shape}")

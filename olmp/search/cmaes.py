@@ -6,7 +6,7 @@ would couple the search to everything else in the process. Instead pycma's
 ("do nothing"), so the same seed gives bit-identical runs and np.random is
 never touched.
 
-Constraint handling ("constraint_handling" option):
+Constraint handling (the ``constraint`` argument):
 - "penalty" (default): the given fitness is used as is; the caller has already
   given infeasible candidates OLMP's fitness 1.1.
 - "al": tell() gets the RAW sizes plus `violations` (g(x) <= 0 feasible) and the
@@ -28,8 +28,6 @@ from cma.constraints_handler import AugmentedLagrangian
 from olmp.errors import OlmpError
 from olmp.search.base import Optimizer
 
-CONSTRAINT_HANDLINGS = ("penalty", "al")
-
 # pycma ends a run on a flat fitness (tolfun, tolfunhist, tolflatfitness). In OLMP
 # a generation where every candidate is infeasible (all 1.1) is expected early on,
 # not convergence, so these are off unless `cma_options` turns them back on; the
@@ -48,33 +46,25 @@ class _QuietAugmentedLagrangian(AugmentedLagrangian):
 
     def _init_(self) -> None:
         self.logging = 0
-        self.loggers = []
+        self.loggers: list[Any] = []
         self.logger_mu_conditions = None
 
 
 class CMAES(Optimizer):
     """pycma's CMAEvolutionStrategy with bounds, popsize and maxfevals = budget.
 
-    Options: `constraint_handling` ("penalty" or "al") and `cma_options`, a dict
+    Constraint: "penalty" or "al". Option: `cma_options`, a dict
     of extra pycma options that override ours (e.g. {'tolfun': 1e-11} restores
     pycma's plateau stop); pycma's termination criteria show up in stop() next to
     the budget.
     """
 
     name: ClassVar[str] = "cmaes"
-    option_defaults: ClassVar[dict[str, Any]] = {
-        "constraint_handling": "penalty",
-        "cma_options": None,
-    }
+    option_defaults: ClassVar[dict[str, Any]] = {"cma_options": None}
+    constraints: ClassVar[tuple[str, ...]] = ("penalty", "al")
     min_popsize: ClassVar[int] = 2  # pycma needs a parent and an offspring
 
     def _check_options(self) -> None:
-        handling = self.options["constraint_handling"]
-        if handling not in CONSTRAINT_HANDLINGS:
-            raise OlmpError(
-                f"cmaes option constraint_handling must be one of "
-                f"{', '.join(CONSTRAINT_HANDLINGS)}, got {handling!r}"
-            )
         extra = self.options["cma_options"]
         if extra is not None and not isinstance(extra, dict):
             raise OlmpError(f"cmaes option cma_options must be a dict, got {extra!r}")
@@ -100,7 +90,7 @@ class CMAES(Optimizer):
         self.es = cma.CMAEvolutionStrategy(self.x0.tolist(), self.sigma0, opts)
         self._es_solutions: list[np.ndarray] = []
         self.al: AugmentedLagrangian | None = None
-        if self.options["constraint_handling"] == "al":
+        if self.constraint == "al":
             self.al = _QuietAugmentedLagrangian(self.dimension)
 
     def _randn(self, *shape: int) -> np.ndarray:
@@ -136,4 +126,4 @@ class CMAES(Optimizer):
         return dict(self.es.stop())
 
     def _why_violations_needed(self) -> str | None:
-        return "constraint_handling='al'" if self.al is not None else None
+        return "constraint='al'" if self.al is not None else None

@@ -1,0 +1,109 @@
+"""Run records (olmp/record.py): one type names every run; committed records read as before, never rewritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_olmp
+
+from olmp import config, record, reports
+from olmp.errors import OlmpError
+from olmp.record import RunRecord
+
+RESULTS = REPO / "results"
+
+# committed record -> (label, group, variant, own reference); none of them records its variant
+COMMITTED = {
+    "lenet300100/ncs-seed1": ("olmp-ncs", "ncs", "", True),  # from before records named their method
+    "lenet300100/validation-cmaes-seed1": ("olmp-cmaes", "cmaes (validation)", "validation", True),
+    "lenet300100/one-layer-searches-validation-ncs-seed1":
+        ("olmp-ncs", "ncs (one-layer-searches-validation)", "one-layer-searches-validation", True),
+    "lenet300100/dns-published-seed1-dns-reference": ("dns", "dns (published, authors' reference)", "published", False),
+    "lenet300100/deep-compression-seed1": ("deep-compression", "deep-compression", "", True),
+    "lenet300100/tradeoff/dns-scale2": ("dns", "dns", "", True),
+    "lenet5/released-authors-seed78011":
+        ("olmp-sampling", "sampling (released, authors' reference)", "released", False),
+    "lenet5/ncs-seed1-authors-reference": ("olmp-ncs", "ncs (authors' reference)", "", False),
+    "lenet5/rewind-ncs-seed2": ("olmp-ncs", "ncs (rewind)", "rewind", True),
+    "lenet5/global-magnitude-seed1": ("global-magnitude", "global-magnitude", "", True),
+}
+
+
+@pytest.mark.parametrize("run", sorted(COMMITTED))
+def test_committed_records_keep_their_names(run: str) -> None:
+    path = RESULTS / run / "record.json"
+    raw = path.read_bytes()
+    rec = RunRecord.load(path)
+    label, group, variant, own = COMMITTED[run]
+    assert (rec.label, rec.group, rec.variant, rec.own_reference) == (label, group, variant, own)
+    assert "variant" not in rec.experiment  # the legacy rule, from the experiment's name, gave it
+    assert rec.variant == record.legacy_variant(rec.experiment["name"], rec.method)
+    assert rec.name == Path(run).name and rec.finished and rec.seed == rec.raw["seed"]
+    assert rec.series == label + (f" ({variant})" if variant else "")
+    assert rec.paper_setting == (own and not variant)
+    assert path.read_bytes() == raw  # reading never rewrites
+
+
+def test_provenance_is_read_where_recorded() -> None:
+    newer = RunRecord.load(RESULTS / "lenet5" / "released-authors-seed78011" / "record.json")
+    assert newer.provenance and "git_commit" in newer.provenance
+    assert RunRecord.load(RESULTS / "lenet300100" / "ncs-seed1" / "record.json").provenance is None  # before it
+
+
+def test_recorded_variant_wins_over_the_name(tmp_path: Path) -> None:
+    exp = config.load("lenet5").to_dict()
+    ref = {"weights": exp["weights"], "test": {"accuracy": 0.99, "loss": 0.03}}
+    for name, variant, expected in (("lenet5-rewind", "", ""), ("lenet5", "rewind", "rewind"),
+                                    ("lenet5-x", "long-retrain", "long-retrain")):
+        data = record.new_record({**exp, "name": name, "variant": variant}, ref, searches=True, provenance={})
+        assert list(data)[:4] == ["experiment", "seed", "method", "optimizer"]
+        record.write(tmp_path / name / "record.json", data)
+        rec = RunRecord.load(tmp_path / name / "record.json")
+        assert rec.variant == expected and not rec.finished
+        assert rec.group == "ncs" + (f" ({expected})" if expected else "")
+        assert rec.to_dict() == json.loads(json.dumps(data))  # as written (tuples become lists)
+    legacy = {k: v for k, v in exp.items() if k != "variant"}  # as records made before the setting
+    dns = record.new_record({**legacy, "method": "dns", "name": "lenet5-dns-published"}, ref, searches=False,
+                            provenance={})
+    assert dns["optimizer"] == "dns" and RunRecord.from_dict(dns).label == "dns"
+    assert RunRecord.from_dict(dns).variant == "published"  # no variant recorded: the legacy rule
+    assert record.run_name("dns", "ncs", 3, False) == "dns-seed3"
+    assert record.run_name("olmp", "cmaes", 2, True) == "cmaes-seed2"
+
+
+def test_bad_records_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+    good = json.loads((RESULTS / "lenet5" / "ncs-seed2" / "record.json").read_text())
+    cases = {"notjson": "{", "list": "[1]", "nofinal": json.dumps({**good, "final": None}),
+             "noname": json.dumps({**good, "experiment": {"weights": "w"}})}
+    for name, text in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text(text)
+        with pytest.raises(OlmpError) as err:
+            RunRecord.load(tmp_path / name / "record.json")
+        msg = str(err.value)
+        assert str(tmp_path / name / "record.json") in msg and "\n" not in msg
+    with pytest.raises(OlmpError, match="not found"):
+        RunRecord.load(tmp_path / "absent" / "record.json")
+    r = run_olmp("report", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "record.json" in r.stderr
+
+
+def test_references_table_is_the_committed_one(tmp_path: Path) -> None:
+    assert reports.references_table(RESULTS / "references") == (RESULTS / "references.md").read_text()
+    refs = tmp_path / "references"
+    for m in reports.REFERENCE_MODELS:
+        (refs / m).mkdir(parents=True)
+        (refs / m / "train.json").write_bytes((RESULTS / "references" / m / "train.json").read_bytes())
+    r = run_olmp("report", "--references", str(refs))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "references.md").read_bytes() == (RESULTS / "references.md").read_bytes()
+
+
+def test_a_variant_label_never_blocks_a_resume_or_a_finished_run() -> None:
+    """Records made before the variant was a setting lack it: a toml that now names it changes no result."""
+    from olmp import checkpoint
+
+    then = json.loads((RESULTS / "lenet5" / "rewind-ncs-seed1" / "record.json").read_text())["experiment"]
+    assert checkpoint.changed_settings({**then, "variant": "rewind"}, then) == []
