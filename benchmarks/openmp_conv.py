@@ -1,0 +1,181 @@
+"""LeNet-5 with Caffe's convolution over 1 vs N OpenMP threads (issue 16, Caffe patch 0007).
+
+    python benchmarks/openmp_conv.py [--quick] [--threads 1 2] [--pipeline [--set SECTION.KEY=VALUE ...]]
+
+(a) a plain SGD step (``solver.step``, the solver and reference weights of scripts/experiments/lenet5.toml):
+    one worker process per thread count (Caffe reads OMP_NUM_THREADS once per process), all started
+    together and timed in alternating chunks, so that the machine's load falls on every thread
+    count alike; the medians and their ratio come from this one run.
+    olmp sets OMP_WAIT_POLICY=passive (waiting threads sleep); each thread count above 1 also runs
+    with OMP_WAIT_POLICY=active (they spin), which costs much when other processes share the cores.
+(b) with ``--pipeline``: the whole LeNet-5 pipeline (``olmp prune --experiment lenet5``, fresh
+    folders), once per thread count, one after the other; wall, SGD and search seconds from each
+    record. About 13 minutes per run on one idle core of the development machine.
+
+Every worker runs with OPENBLAS_NUM_THREADS=1: the threads are Caffe's, over a batch's images.
+Writes ``<out>/openmp_conv.json`` and ``.md`` (``openmp_conv_quick.*`` with ``--quick``), atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+EXPERIMENT = "scripts/experiments/lenet5.toml"
+
+from olmp import provenance  # noqa: E402
+
+
+def worker_env(threads: int, wait: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
+    env.pop("OMP_WAIT_POLICY", None)  # unset: olmp's default, passive (olmp/caffe_bridge.py)
+    if wait:
+        env["OMP_WAIT_POLICY"] = wait
+    return env
+
+
+def configs(threads: list[int]) -> list[tuple[str, int, str | None]]:
+    """(label, threads, OMP_WAIT_POLICY): every count as olmp runs it (waiting threads sleep), and each
+    count above 1 also with libgomp's spinning wait (OMP_WAIT_POLICY=active)."""
+    return [(str(n) if n == 1 else f"{n} passive", n, None) for n in threads] + [
+        (f"{n} active", n, "active") for n in threads if n > 1]
+
+
+def worker(chunk: int) -> int:
+    """Child: a plain LeNet-5 solver; each line on stdin is a step count, answered with its seconds."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench import plain_solver  # the benchmark's own plain solver, not a copy
+
+    from olmp import config
+
+    solver = plain_solver(types.SimpleNamespace(exp=config.load(REPO / EXPERIMENT)))
+    solver.step(chunk)  # warm-up: buffers allocated, data prefetch running
+    print("ready", flush=True)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        solver.step(int(line))
+        print(time.perf_counter() - t0, flush=True)
+    return 0
+
+
+def bench_step(threads: list[int], chunk: int, repeats: int) -> dict[str, Any]:
+    runs = configs(threads)
+    procs = {label: subprocess.Popen([sys.executable, __file__, "--worker", str(chunk)], cwd=REPO,
+                                     env=worker_env(n, wait), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for label, n, wait in runs}
+    try:
+        for label, p in procs.items():
+            if p.stdout.readline().strip() != "ready":
+                raise SystemExit(f"openmp_conv: the worker '{label}' failed to start")
+        per_step: dict[str, list[float]] = {label: [] for label in procs}
+        order = list(procs)
+        for r in range(repeats):
+            for label in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
+                procs[label].stdin.write(f"{chunk}\n")
+                procs[label].stdin.flush()
+                per_step[label].append(float(procs[label].stdout.readline()) / chunk)
+    finally:
+        for p in procs.values():
+            p.stdin.close()
+            p.wait(timeout=60)
+    base = statistics.median(per_step[order[0]])
+    return {label: {"step_ms": 1e3 * statistics.median(t), "step_ms_min": 1e3 * min(t),
+                    "speedup": base / statistics.median(t)} for label, t in per_step.items()}
+
+
+def bench_pipeline(threads: list[int], sets: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in threads:
+            run = Path(tmp) / f"omp{n}"
+            cmd = [sys.executable, "-m", "olmp", "prune", "--experiment", "lenet5", "--out", str(run), "--quiet"]
+            cmd += [a for s in sets for a in ("--set", s)]
+            print(f"[openmp_conv] pipeline with {n} thread(s): {' '.join(cmd[1:])}", file=sys.stderr)
+            subprocess.run(cmd, cwd=REPO, env=worker_env(n, os.environ.get("OMP_WAIT_POLICY")), check=True)
+            rec = json.loads((run / "record.json").read_text())
+            s = rec["seconds"]
+            out[str(n)] = {"wall_s": s["wall"], "sgd_s": s["sgd"], "search_s": s["search"],
+                           "ratio": rec["final"]["ratio"], "test_accuracy": rec["final"]["test"]["accuracy"]}
+    for r in out.values():
+        r["speedup"] = out[str(threads[0])]["wall_s"] / r["wall_s"]
+    return out
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "load_average_start": os.getloadavg()[0],
+            "pycaffe_build_key": provenance.pycaffe_build_key(),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = ["# LeNet-5: convolution over OpenMP threads (Caffe patch 0007)", "",
+             f"Made by `{res['command']}` on {m['cpu']} ({m['cores']} cores), {m['date']}; load average "
+             f"{m['load_average_start']:.2f} at the start, {m['load_average_end']:.2f} at the end. "
+             "OPENBLAS_NUM_THREADS=1 everywhere; ratios measured inside this one run. Other processes on "
+             "the cores (a load average near or above the core count) take the threads' cores away: "
+             "only a run on idle cores shows what the threads can give.", "",
+             f"Plain SGD step ({res['step']['chunk']} steps x {res['step']['repeats']} alternating chunks, medians):", "",
+             "| OMP_NUM_THREADS (OMP_WAIT_POLICY) | step ms (median) | step ms (min) | speedup |", "|---|---|---|---|"]
+    lines += [f"| {n} | {r['step_ms']:.2f} | {r['step_ms_min']:.2f} | {r['speedup']:.2f}x |"
+              for n, r in res["step"]["threads"].items()]
+    if "pipeline" in res:
+        lines += ["", f"Whole pipeline (`olmp prune --experiment lenet5` {' '.join(res['pipeline_sets'])}):", "",
+                  "| OMP_NUM_THREADS | wall s | SGD s | search s | speedup | ratio | test accuracy |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {r['wall_s']:.0f} | {r['sgd_s']:.0f} | {r['search_s']:.0f} | {r['speedup']:.2f}x | "
+                  f"{r['ratio']:.1f}x | {r['test_accuracy']:.4f} |" for n, r in res["pipeline"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts; the first is the base")
+    ap.add_argument("--quick", action="store_true", help="few short chunks (a smoke test; rough figures)")
+    ap.add_argument("--pipeline", action="store_true", help="also one whole LeNet-5 pipeline per thread count")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="passed to each pipeline run (e.g. pipeline.niter=3001 for a shorter one)")
+    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    ap.add_argument("--worker", type=int, metavar="CHUNK", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker)
+    from olmp import atomic
+
+    chunk, repeats = (5, 3) if args.quick else (50, 15)
+    res: dict[str, Any] = {"command": "python benchmarks/openmp_conv.py " + " ".join(argv or sys.argv[1:]),
+                           "machine": machine()}
+    print(f"[openmp_conv] SGD step at {args.threads} threads", file=sys.stderr)
+    res["step"] = {"chunk": chunk, "repeats": repeats, "threads": bench_step(args.threads, chunk, repeats)}
+    if args.pipeline:
+        res["pipeline"] = bench_pipeline(args.threads, args.sets)
+        res["pipeline_sets"] = [f"--set {s}" for s in args.sets]
+    res["machine"]["load_average_end"] = os.getloadavg()[0]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "openmp_conv_quick" if args.quick else "openmp_conv"
+    atomic.write_json(out / f"{name}.json", res)
+    atomic.write_text(out / f"{name}.md", markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
