@@ -390,6 +390,16 @@ def _validate(raw: dict[str, Any], path: Path) -> Experiment:
     return exp
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's table; a missing or malformed file is one OlmpError line naming it."""
+    if not path.is_file():
+        raise OlmpError(f"{what} not found", path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OlmpError(f"malformed TOML: {exc}", path) from None
+
+
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     """Read and check an experiment file; a bare name means scripts/experiments/NAME.toml.
 
@@ -399,12 +409,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     path = Path(path)
     if not path.suffix and not path.exists():
         path = paths.EXPERIMENTS_DIR / f"{path}.toml"
-    if not path.is_file():
-        raise OlmpError("experiment file not found", path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OlmpError(f"malformed TOML: {exc}", path) from exc
+    raw = read_toml(path, "experiment file")
     for setting in overrides:
         _override(raw, setting, path)
     exp = _validate(raw, path)

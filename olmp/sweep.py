@@ -29,7 +29,6 @@ import tempfile
 import textwrap
 import threading
 import time
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from olmp import atomic, checkpoint, paths, record
-from olmp.config import INT_MAX, Experiment
+from olmp.config import INT_MAX, Experiment, read_toml
 from olmp.errors import OlmpError
 
 RUN_KEYS = ("out", "experiment", "optimizer", "seed", "weights", "set")
@@ -125,12 +124,7 @@ def _is_seed(value: Any) -> bool:
 def read(path: str | Path) -> Sweep:
     """Read and check a sweep file; anything wrong is one OlmpError line naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise OlmpError("sweep file not found", path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OlmpError(f"malformed TOML: {exc}", path) from None
+    raw = read_toml(path, "sweep file")
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise OlmpError(f"unknown key(s) {', '.join(unknown)} (a sweep file has {', '.join(TOP_KEYS)})", path)
