@@ -12,7 +12,6 @@ On the GPU (``--gpu``) nothing is probed: a forked child cannot use CUDA.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -65,36 +64,11 @@ def library_path() -> Path:
 def has_cuda() -> bool:
     """True for a pycaffe built with CUDA (OLMP_CAFFE_VARIANT=cuda), False for CPU_ONLY.
 
-    Caffe's CPU_ONLY build aborts the whole process (LOG(FATAL), no exception) on any GPU
-    call, so the build is inspected instead of asked.
+    The library is inspected rather than asked: a CPU_ONLY Caffe aborts the process (LOG(FATAL))
+    on most GPU calls; only set_mode_gpu and set_device raise instead (patch 0011).
     """
     data = library_path().read_bytes()
     return any(m in data for m in _CUDA_MARKERS)
-
-
-def _cuda_device_count() -> tuple[int, str] | None:
-    """Devices the CUDA runtime sees and, when none, the runtime's reason; None when it cannot be asked.
-
-    The runtime is the one _caffe.so links (libcudart.so.13 from the pip wheels, already loaded: the
-    wheels have no plain libcudart.so). Without a device Caffe's set_device CHECK-fails (an abort).
-    """
-    import re  # noqa: PLC0415
-
-    linked = re.search(rb"libcudart\.so(?:\.\d+)*", library_path().read_bytes())
-    for name in ([linked.group().decode()] if linked else []) + ["libcudart.so"]:
-        try:
-            rt = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    else:
-        return None
-    count = ctypes.c_int(0)
-    rc = rt.cudaGetDeviceCount(ctypes.byref(count))
-    if rc == 0:
-        return count.value, ""
-    rt.cudaGetErrorString.restype = ctypes.c_char_p
-    return 0, (rt.cudaGetErrorString(rc) or b"").decode(errors="replace")
 
 
 def use_gpu(device: int | None) -> None:
@@ -117,12 +91,12 @@ def use_gpu(device: int | None) -> None:
             "rebuild with `OLMP_CAFFE_VARIANT=cuda make setup` (see docker/README.md)",
             library_path(),
         )
-    seen = _cuda_device_count()
-    if seen is not None and device >= seen[0]:
-        why = f" ({seen[1]})" if seen[1] else ""
-        raise OlmpError(f"--gpu {device}: the CUDA runtime sees {seen[0]} device(s){why}")
-    c.set_mode_gpu()
-    c.set_device(device)
+    try:  # the build's patch 0011 asks the CUDA runtime first and raises, where Caffe would abort
+        c.set_mode_gpu()
+        c.set_device(device)
+    except RuntimeError as e:
+        c.set_mode_cpu()
+        raise OlmpError(f"--gpu {device}: {e}") from None
     _gpu = device
 
 
