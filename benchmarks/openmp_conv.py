@@ -1,6 +1,7 @@
 """LeNet-5 with Caffe's convolution over 1 vs N OpenMP threads (issue 16, Caffe patch 0007).
 
-    python benchmarks/openmp_conv.py [--quick] [--threads 1 2] [--pipeline [--set SECTION.KEY=VALUE ...]]
+    python benchmarks/openmp_conv.py [--model lenet5|lenet300100] [--quick] [--threads 1 2]
+                                     [--pipeline [--set SECTION.KEY=VALUE ...]]
 
 (a) a plain SGD step (``solver.step``, the solver and reference weights of scripts/experiments/lenet5.toml):
     one worker process per thread count (Caffe reads OMP_NUM_THREADS once per process), all started
@@ -13,7 +14,11 @@
     record. About 13 minutes per run on one idle core of the development machine.
 
 Every worker runs with OPENBLAS_NUM_THREADS=1: the threads are Caffe's, over a batch's images.
-Writes ``<out>/openmp_conv.json`` and ``.md`` (``openmp_conv_quick.*`` with ``--quick``), atomically.
+``--model lenet300100`` measures the same for LeNet-300-100, which has no convolution: there the only
+threads that can act are OpenBLAS's, inside the inner products, so it varies OPENBLAS_NUM_THREADS
+(with OMP_NUM_THREADS=1).
+Writes ``<out>/openmp_conv.json`` and ``.md`` (``openmp_conv_quick.*`` with ``--quick``;
+``blas_threads_lenet300100*`` for LeNet-300-100), atomically.
 """
 
 from __future__ import annotations
@@ -33,34 +38,37 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-EXPERIMENT = "scripts/experiments/lenet5.toml"
+# the model's threaded part: the environment variable that sets its thread count, and the output name
+MODELS = {"lenet5": ("OMP_NUM_THREADS", "openmp_conv"), "lenet300100": ("OPENBLAS_NUM_THREADS", "blas_threads_lenet300100")}
 
 from olmp import provenance  # noqa: E402
 
 
-def worker_env(threads: int, wait: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": "1"}
+def worker_env(model: str, threads: int, wait: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", MODELS[model][0]: str(threads)}
     env.pop("OMP_WAIT_POLICY", None)  # unset: olmp's default, passive (olmp/caffe_bridge.py)
     if wait:
         env["OMP_WAIT_POLICY"] = wait
     return env
 
 
-def configs(threads: list[int]) -> list[tuple[str, int, str | None]]:
-    """(label, threads, OMP_WAIT_POLICY): every count as olmp runs it (waiting threads sleep), and each
-    count above 1 also with libgomp's spinning wait (OMP_WAIT_POLICY=active)."""
+def configs(model: str, threads: list[int]) -> list[tuple[str, int, str | None]]:
+    """(label, threads, OMP_WAIT_POLICY): every count as olmp runs it (waiting threads sleep), and for
+    OpenMP each count above 1 also with libgomp's spinning wait (OMP_WAIT_POLICY=active)."""
+    if MODELS[model][0] != "OMP_NUM_THREADS":
+        return [(str(n), n, None) for n in threads]
     return [(str(n) if n == 1 else f"{n} passive", n, None) for n in threads] + [
         (f"{n} active", n, "active") for n in threads if n > 1]
 
 
-def worker(chunk: int) -> int:
-    """Child: a plain LeNet-5 solver; each line on stdin is a step count, answered with its seconds."""
+def worker(model: str, chunk: int) -> int:
+    """Child: the model's plain solver; each line on stdin is a step count, answered with its seconds."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench import plain_solver  # the benchmark's own plain solver, not a copy
 
     from olmp import config
 
-    solver = plain_solver(types.SimpleNamespace(exp=config.load(REPO / EXPERIMENT)))
+    solver = plain_solver(types.SimpleNamespace(exp=config.load(REPO / "scripts" / "experiments" / f"{model}.toml")))
     solver.step(chunk)  # warm-up: buffers allocated, data prefetch running
     print("ready", flush=True)
     for line in sys.stdin:
@@ -70,10 +78,11 @@ def worker(chunk: int) -> int:
     return 0
 
 
-def bench_step(threads: list[int], chunk: int, repeats: int) -> dict[str, Any]:
-    runs = configs(threads)
-    procs = {label: subprocess.Popen([sys.executable, __file__, "--worker", str(chunk)], cwd=REPO,
-                                     env=worker_env(n, wait), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+def bench_step(model: str, threads: list[int], chunk: int, repeats: int) -> dict[str, Any]:
+    runs = configs(model, threads)
+    procs = {label: subprocess.Popen([sys.executable, __file__, "--model", model, "--worker", str(chunk)], cwd=REPO,
+                                     env=worker_env(model, n, wait), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
              for label, n, wait in runs}
     try:
         for label, p in procs.items():
@@ -95,15 +104,15 @@ def bench_step(threads: list[int], chunk: int, repeats: int) -> dict[str, Any]:
                     "speedup": base / statistics.median(t)} for label, t in per_step.items()}
 
 
-def bench_pipeline(threads: list[int], sets: list[str]) -> dict[str, Any]:
+def bench_pipeline(model: str, threads: list[int], sets: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in threads:
             run = Path(tmp) / f"omp{n}"
-            cmd = [sys.executable, "-m", "olmp", "prune", "--experiment", "lenet5", "--out", str(run), "--quiet"]
+            cmd = [sys.executable, "-m", "olmp", "prune", "--experiment", model, "--out", str(run), "--quiet"]
             cmd += [a for s in sets for a in ("--set", s)]
             print(f"[openmp_conv] pipeline with {n} thread(s): {' '.join(cmd[1:])}", file=sys.stderr)
-            subprocess.run(cmd, cwd=REPO, env=worker_env(n, os.environ.get("OMP_WAIT_POLICY")), check=True)
+            subprocess.run(cmd, cwd=REPO, env=worker_env(model, n, os.environ.get("OMP_WAIT_POLICY")), check=True)
             rec = json.loads((run / "record.json").read_text())
             s = rec["seconds"]
             out[str(n)] = {"wall_s": s["wall"], "sgd_s": s["sgd"], "search_s": s["search"],
@@ -125,20 +134,25 @@ def machine() -> dict[str, Any]:
 
 
 def markdown(res: dict[str, Any]) -> str:
-    m = res["machine"]
-    lines = ["# LeNet-5: convolution over OpenMP threads (Caffe patch 0007)", "",
+    m, model = res["machine"], res.get("model", "lenet5")
+    var = MODELS[model][0]
+    other = "OPENBLAS_NUM_THREADS" if var == "OMP_NUM_THREADS" else "OMP_NUM_THREADS"
+    title = ("# LeNet-5: convolution over OpenMP threads (Caffe patch 0007)" if model == "lenet5" else
+             "# LeNet-300-100: inner products over OpenBLAS threads (it has no convolution)")
+    lines = [title, "",
              f"Made by `{res['command']}` on {m['cpu']} ({m['cores']} cores), {m['date']}; load average "
              f"{m['load_average_start']:.2f} at the start, {m['load_average_end']:.2f} at the end. "
-             "OPENBLAS_NUM_THREADS=1 everywhere; ratios measured inside this one run. Other processes on "
+             f"{other}=1 everywhere; ratios measured inside this one run. Other processes on "
              "the cores (a load average near or above the core count) take the threads' cores away: "
              "only a run on idle cores shows what the threads can give.", "",
              f"Plain SGD step ({res['step']['chunk']} steps x {res['step']['repeats']} alternating chunks, medians):", "",
-             "| OMP_NUM_THREADS (OMP_WAIT_POLICY) | step ms (median) | step ms (min) | speedup |", "|---|---|---|---|"]
+             f"| {var}{' (OMP_WAIT_POLICY)' if var == 'OMP_NUM_THREADS' else ''} | step ms (median) | step ms (min) "
+             "| speedup |", "|---|---|---|---|"]
     lines += [f"| {n} | {r['step_ms']:.2f} | {r['step_ms_min']:.2f} | {r['speedup']:.2f}x |"
               for n, r in res["step"]["threads"].items()]
     if "pipeline" in res:
-        lines += ["", f"Whole pipeline (`olmp prune --experiment lenet5` {' '.join(res['pipeline_sets'])}):", "",
-                  "| OMP_NUM_THREADS | wall s | SGD s | search s | speedup | ratio | test accuracy |",
+        lines += ["", f"Whole pipeline (`olmp prune --experiment {model}` {' '.join(res['pipeline_sets'])}):", "",
+                  f"| {var} | wall s | SGD s | search s | speedup | ratio | test accuracy |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {n} | {r['wall_s']:.0f} | {r['sgd_s']:.0f} | {r['search_s']:.0f} | {r['speedup']:.2f}x | "
                   f"{r['ratio']:.1f}x | {r['test_accuracy']:.4f} |" for n, r in res["pipeline"].items()]
@@ -147,30 +161,32 @@ def markdown(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="lenet5",
+                    help="lenet5: Caffe's OpenMP convolution threads; lenet300100: OpenBLAS threads")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts; the first is the base")
     ap.add_argument("--quick", action="store_true", help="few short chunks (a smoke test; rough figures)")
-    ap.add_argument("--pipeline", action="store_true", help="also one whole LeNet-5 pipeline per thread count")
+    ap.add_argument("--pipeline", action="store_true", help="also one whole pipeline per thread count")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="passed to each pipeline run (e.g. pipeline.niter=3001 for a shorter one)")
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     ap.add_argument("--worker", type=int, metavar="CHUNK", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        return worker(args.worker)
+        return worker(args.model, args.worker)
     from olmp import atomic
 
     chunk, repeats = (5, 3) if args.quick else (50, 15)
     res: dict[str, Any] = {"command": "python benchmarks/openmp_conv.py " + " ".join(argv or sys.argv[1:]),
-                           "machine": machine()}
-    print(f"[openmp_conv] SGD step at {args.threads} threads", file=sys.stderr)
-    res["step"] = {"chunk": chunk, "repeats": repeats, "threads": bench_step(args.threads, chunk, repeats)}
+                           "model": args.model, "machine": machine()}
+    print(f"[openmp_conv] {args.model} SGD step at {args.threads} threads", file=sys.stderr)
+    res["step"] = {"chunk": chunk, "repeats": repeats, "threads": bench_step(args.model, args.threads, chunk, repeats)}
     if args.pipeline:
-        res["pipeline"] = bench_pipeline(args.threads, args.sets)
+        res["pipeline"] = bench_pipeline(args.model, args.threads, args.sets)
         res["pipeline_sets"] = [f"--set {s}" for s in args.sets]
     res["machine"]["load_average_end"] = os.getloadavg()[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "openmp_conv_quick" if args.quick else "openmp_conv"
+    name = MODELS[args.model][1] + ("_quick" if args.quick else "")
     atomic.write_json(out / f"{name}.json", res)
     atomic.write_text(out / f"{name}.md", markdown(res))
     print(markdown(res))

@@ -105,3 +105,16 @@ def test_quick_benchmark_reports_both_thread_counts(tmp_path: Path, mnist_dir: P
     assert two["speedup"] == pytest.approx(rows["1"]["step_ms"] / two["step_ms"], rel=1e-9)
     md = (tmp_path / "openmp_conv_quick.md").read_text()  # the table shows the JSON's numbers
     assert f"| 2 passive | {two['step_ms']:.2f} | {two['step_ms_min']:.2f} | {two['speedup']:.2f}x |" in md
+
+
+def test_quick_benchmark_of_lenet300100_varies_blas_threads(tmp_path: Path, mnist_dir: Path) -> None:
+    """LeNet-300-100 has no convolution: its row varies OPENBLAS_NUM_THREADS, with no wait-policy rows."""
+    r = subprocess.run([sys.executable, "benchmarks/openmp_conv.py", "--model", "lenet300100", "--quick", "--out",
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "blas_threads_lenet300100_quick.json").read_text())
+    rows = res["step"]["threads"]
+    assert res["model"] == "lenet300100" and set(rows) == {"1", "2"} and rows["1"]["speedup"] == 1.0
+    md = (tmp_path / "blas_threads_lenet300100_quick.md").read_text()
+    assert "| OPENBLAS_NUM_THREADS | step ms (median)" in md and "OMP_NUM_THREADS=1 everywhere" in md
+    assert f"| 2 | {rows['2']['step_ms']:.2f} | {rows['2']['step_ms_min']:.2f} | {rows['2']['speedup']:.2f}x |" in md
