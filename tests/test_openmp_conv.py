@@ -94,10 +94,14 @@ def test_threaded_convolution_agrees_with_the_serial_one(tmp_path: Path) -> None
     assert (threads_two, threads_three) == (threads_one + 1, threads_one + 2)
 
 
-def test_quick_benchmark_reports_both_thread_counts(tmp_path: Path, mnist_dir: Path) -> None:
-    r = subprocess.run([sys.executable, "benchmarks/openmp_conv.py", "--quick", "--out", str(tmp_path)], cwd=REPO,
+def quick_benchmark(out: Path, *args: str) -> None:
+    r = subprocess.run([sys.executable, "benchmarks/openmp_conv.py", *args, "--quick", "--out", str(out)], cwd=REPO,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_quick_benchmark_reports_both_thread_counts(tmp_path: Path, mnist_dir: Path) -> None:
+    quick_benchmark(tmp_path)
     res = json.loads((tmp_path / "openmp_conv_quick.json").read_text())
     rows = res["step"]["threads"]
     assert set(rows) == {"1", "2 passive", "2 active"} and rows["1"]["speedup"] == 1.0
@@ -109,9 +113,7 @@ def test_quick_benchmark_reports_both_thread_counts(tmp_path: Path, mnist_dir: P
 
 def test_quick_benchmark_of_lenet300100_varies_blas_threads(tmp_path: Path, mnist_dir: Path) -> None:
     """LeNet-300-100 has no convolution: its row varies OPENBLAS_NUM_THREADS, with no wait-policy rows."""
-    r = subprocess.run([sys.executable, "benchmarks/openmp_conv.py", "--model", "lenet300100", "--quick", "--out",
-                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    quick_benchmark(tmp_path, "--model", "lenet300100")
     res = json.loads((tmp_path / "blas_threads_lenet300100_quick.json").read_text())
     rows = res["step"]["threads"]
     assert res["model"] == "lenet300100" and set(rows) == {"1", "2"} and rows["1"]["speedup"] == 1.0
