@@ -178,6 +178,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from olmp import (
         atomic,
+        distributions,
         figures,
         reports,
     )
@@ -185,6 +186,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.dirs and not args.references:
         raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
     names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
+    names += distributions.OUTPUTS
     for d in args.dirs:  # every output checked before the first is written
         for name in names:
             atomic.check_target(Path(d) / name)
@@ -194,8 +196,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     for d in args.dirs:
         res = reports.write_runs_table(d)
         figs = sorted({p.stem for p in figures.write_report_figures(d)})
+        more = [p.name for p in distributions.write_reports(d)]
         print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/"
-              + (f", {'/'.join(figs)} .png/.svg" if figs else ""))
+              + (f", {'/'.join(figs)} .png/.svg" if figs else "") + "".join(f", {n}" for n in more))
     return 0
 
 

@@ -400,6 +400,13 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise OlmpError(f"malformed TOML: {exc}", path) from None
 
 
+def settings(path: str | Path) -> Experiment:
+    """An experiment file's settings, typed but not checked against its net: what the reports compare
+    run records with, which must not need Caffe."""
+    path = Path(path)
+    return _validate(read_toml(path, "experiment file"), path)
+
+
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
     """Read and check an experiment file; a bare name means scripts/experiments/NAME.toml.
 
