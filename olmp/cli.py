@@ -98,9 +98,26 @@ def _human_sparse(r: dict[str, Any]) -> str:
             f"{r['compression']:.1f}x (npz file {r['file_bytes']} bytes)")
 
 
+def _human_onnx(r: dict[str, Any]) -> str:
+    return (f"wrote {r['out']}: {r['nodes']} nodes, opset {r['opset']}, batch {r['batch']}, "
+            f"{r['sparse_initializers']} sparse initializer(s), {r['bytes']} bytes; checked by onnx.checker"
+            + "".join(f"; {n}" for n in r["notes"]))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from olmp import sparse
 
+    if args.onnx:
+        if not args.onnx_out or args.net:
+            raise OlmpError("export --onnx takes NET.prototxt MODEL.caffemodel OUT.onnx (no --net)")
+        from olmp import onnx_export
+
+        res = onnx_export.export(paths.from_cwd(args.input), args.output, args.onnx_out, batch=args.batch,
+                                 sparse=args.sparse_initializers)
+        _print_json(res, False, _human_onnx)
+        return 0
+    if args.onnx_out or args.batch is not None or args.sparse_initializers:
+        raise OlmpError("a third file, --batch and --sparse-initializers only go with --onnx")
     if args.sparse:
         if args.net:
             raise OlmpError("--net only goes with --dense")
@@ -291,12 +308,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", metavar="OUT.caffemodel")
     c.set_defaults(func=cmd_convert)
 
-    x = sub.add_parser("export", help="caffemodel <-> compressed sparse npz (CSR, 8-bit relative indices)")
+    x = sub.add_parser("export", help="caffemodel <-> compressed sparse npz (CSR, 8-bit relative indices); "
+                       "net + caffemodel -> ONNX")
     how = x.add_mutually_exclusive_group(required=True)
     how.add_argument("--sparse", action="store_true", help="IN.caffemodel -> OUT.npz")
     how.add_argument("--dense", action="store_true", help="IN.npz -> OUT.caffemodel (stock)")
+    how.add_argument("--onnx", action="store_true", help="NET.prototxt MODEL.caffemodel OUT.onnx: the net's "
+                     "deployment form (TEST phase, data layers as inputs, no loss) for ONNX Runtime")
     x.add_argument("input", metavar="IN")
     x.add_argument("output", metavar="OUT")
+    x.add_argument("onnx_out", nargs="?", metavar="OUT.onnx", help="with --onnx: the ONNX file to write")
+    x.add_argument("--batch", type=int, metavar="N", help="with --onnx: a fixed batch of N images "
+                   "(default: dynamic, the first dimension named N)")
+    x.add_argument("--sparse-initializers", action="store_true", help="with --onnx: weights with under a third "
+                   "left as ONNX sparse initializers (smaller file; ONNX Runtime makes them dense when it loads)")
     x.add_argument("--net", help="with --dense: check against this net and save the whole net")
     x.set_defaults(func=cmd_export)
 
