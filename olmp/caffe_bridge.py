@@ -23,6 +23,7 @@ from types import ModuleType
 
 _caffe: ModuleType | None = None
 PROBE_SECONDS = 60.0  # a probe child taking longer is given up on (see probe)
+CONV_GROUP = 8  # images per convolution GEMM (patch 0012): fastest on one core here (benchmarks/step_roofline.py)
 _built = False  # whether this process has built a Caffe net (and so may run Caffe's threads)
 _gpu: int | None = None  # None: CPU (the default); else the CUDA device every net runs on
 # a CUDA build of _caffe.so links the CUDA runtime (shared or static); a CPU_ONLY one never names it
@@ -41,10 +42,7 @@ def caffe() -> ModuleType:
     global _caffe
     if _caffe is None:
         os.environ.setdefault("GLOG_minloglevel", os.environ.get("OLMP_GLOG_MINLOGLEVEL", "2"))
-        # read by libgomp when _caffe.so loads it: with OMP_NUM_THREADS > 1 (patch 0007), a thread
-        # waiting for its partner sleeps instead of spinning; spinning halved the speed of a LeNet-5
-        # step on 2 cores shared with other runs (benchmarks/openmp_conv.py); sleeping cost nothing there
-        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+        cpu_defaults()
         try:
             import caffe as _c  # noqa: PLC0415
         except ImportError as exc:
@@ -54,6 +52,48 @@ def caffe() -> ModuleType:
         _c.set_mode_cpu()
         _caffe = _c
     return _caffe
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (rounded down)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = None
+    try:  # cgroup v2: "QUOTA PERIOD" or "max PERIOD"
+        q, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota = None if q == "max" else int(q) / int(period)
+    except (OSError, ValueError):
+        try:  # cgroup v1: a quota of -1 is none
+            q1 = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+            p1 = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            quota = q1 / p1 if q1 > 0 and p1 > 0 else None
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
+
+
+def cpu_defaults() -> dict[str, str]:
+    """Caffe's CPU settings, each set only where the environment leaves it unset; read once at import.
+
+    - ``OLMP_CONV_GROUP`` (patch 0012): images per convolution GEMM. The batch is cut into fixed
+      slices of this many images; the result depends on it (the GEMM sums in another order than
+      Caffe's per-image products) but never on the thread count. 0 or 1: Caffe's per-image code.
+    - ``OMP_NUM_THREADS``: the usable cores. Threads share out the slices and pooling planes, so a
+      run gives the same bits at any count; only Caffe's per-image path (group 0, patch 0007) adds
+      its gradients in an order that depends on it.
+    - ``OPENBLAS_NUM_THREADS`` 1: a multithreaded BLAS makes the step's small products slower.
+    - ``OMP_WAIT_POLICY`` passive: a waiting thread sleeps instead of spinning; spinning halved the
+      speed of a LeNet-5 step on 2 cores shared with other runs (benchmarks/openmp_conv.py).
+    """
+    defaults = {"OLMP_CONV_GROUP": str(CONV_GROUP), "OMP_NUM_THREADS": str(usable_cores()),
+                "OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "passive"}
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in defaults}
 
 
 def library_path() -> Path:

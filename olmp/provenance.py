@@ -73,8 +73,9 @@ def collect() -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-        # Caffe patch 0007 splits convolutions over this many threads (unset: 1), which changes the
-        # order of the gradient sums, hence the run; the CUDA device, if any, changes it too
+        # images per convolution GEMM (patch 0012) change the order of the sums, hence the run; the
+        # threads do not, except on Caffe's per-image path (group 0, patch 0007); a CUDA device does
+        "conv_group": os.environ.get("OLMP_CONV_GROUP"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "gpu": _gpu_device(),
     }
