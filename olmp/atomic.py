@@ -62,6 +62,30 @@ def check_target(target: str | Path, folder: bool = False) -> Path:
     return target
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: the same path once links are resolved, or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_new(target: str | Path, inputs: tuple[str | Path | None, ...] = (), force: bool = False) -> Path:
+    """Refuse an output that is one of the command's inputs (even with ``force``: the input would be
+    gone before it is read whole), or one that exists, unless ``force`` (``--force``) says to replace it."""
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    target = Path(target)
+    for given in inputs:
+        if given is not None and same_file(target, given):
+            raise OlmpError(f"is also the input {given}; write the output to another file", target)
+    if not force and (target.exists() or target.is_symlink()):
+        raise OlmpError("exists; pass --force to replace it", target)
+    return target
+
+
 def _write_error(exc: OSError, target: Path, tmp: Path) -> Exception | None:
     """The one-line error naming ``target`` for a failed write into its temporary ``tmp``."""
     from olmp.errors import OlmpError  # noqa: PLC0415
@@ -189,7 +213,10 @@ def write_text(target: str | Path, text: str) -> None:
 
 
 def write_json(target: str | Path, obj: Any) -> None:
-    write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a number that is not finite is written as ``null`` (olmp.schemas.finite)."""
+    from olmp.schemas import finite  # noqa: PLC0415  (pydantic: only when JSON is written)
+
+    write_text(target, json.dumps(finite(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def _fsync_tree(path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from olmp import atomic, caffe_bridge, weights
+from olmp import atomic, caffe_bridge, schemas, weights
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 
@@ -37,8 +37,13 @@ class RunLock:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.created = [p for p in (out, *out.parents) if not p.exists()]  # removed again if left empty
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. a name too long: no half-made folders stay behind
+            self._remove_created()
+            raise OlmpError(f"cannot make the run folder: {exc.strerror or exc}", out) from None
         self.path = out / ".lock"
+        self._made_lock = not self.path.exists()  # a failed run removes a lock file it made
         self._fh = open(self.path, "a+")  # noqa: SIM115
         try:
             fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,13 +62,20 @@ class RunLock:
         if exc_type is not None and {p.name for p in self.out.iterdir()} == {".lock"}:
             self.path.unlink()  # a failed run that kept nothing leaves nothing, not a folder with a .lock
             self.release()
-            for folder in self.created:  # innermost first; a folder another process filled meanwhile stays
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            self._remove_created()
             return
+        if exc_type is not None and self._made_lock:
+            self.path.unlink(missing_ok=True)  # the folder is left as the failed run found it
         self.release()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:  # innermost first; a folder another process filled meanwhile stays
+            try:
+                folder.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
 
 
 def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
@@ -159,31 +171,55 @@ def _check_history(ss: Any, solver: Any, path: Path) -> None:
         raise OlmpError("solver history does not fit the net; remove the checkpoint to start again", path)
 
 
+def read_state(out: Path) -> dict[str, Any]:
+    """A checkpoint's state.json, checked (olmp.schemas.CheckpointState); damaged is one line naming it."""
+    path = out / CHECKPOINT / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OlmpError(f"unreadable checkpoint state ({exc}); remove the checkpoint to start again", path) from None
+    schemas.check(schemas.CheckpointState, state, "checkpoint state", path)
+    schemas.check_rng(state["rng"], path)
+    return state
+
+
 def load(
-    out: Path, solver: Any, experiment: dict[str, Any] | None = None
+    out: Path, solver: Any, experiment: dict[str, Any] | None = None,
+    mask_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Restore the solver (weights, history, iteration); return (mask_state, state).
 
-    With ``experiment`` (``Experiment.to_dict()``), a checkpoint made with other settings is
-    refused: resuming it could not give the uninterrupted run's result.
+    Every file of the checkpoint is checked before the solver is touched: one that fails is
+    never resumed from. With ``experiment`` (``Experiment.to_dict()``), a checkpoint made with
+    other settings is refused: resuming it could not give the uninterrupted run's result. With
+    ``mask_shapes`` (the run's masks, ``MaskedLayers.state()``'s keys and shapes), masks.npz must
+    hold exactly those masks.
     """
     ck = out / CHECKPOINT
     pb = caffe_bridge.caffe_pb2()
     ss = pb.SolverState()
+    state = read_state(out)
     try:
-        state = json.loads((ck / "state.json").read_text())
-        with np.load(ck / "masks.npz") as z:
+        with np.load(ck / "masks.npz", allow_pickle=False) as z:
             mask_state = {k: z[k] for k in z.files}
-        made_with = state["record"]["experiment"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise OlmpError(f"unreadable masks archive ({exc}); remove the checkpoint to start again",
+                        ck / "masks.npz") from None
+    if mask_shapes is not None:
+        schemas.check_masks(mask_state, mask_shapes, ck / "masks.npz")
+    try:
         ss.ParseFromString((ck / "solver.solverstate").read_bytes())
-    except (OSError, ValueError, KeyError, TypeError, DecodeError, zipfile.BadZipFile) as exc:
-        raise OlmpError(f"unreadable checkpoint ({exc}); remove it to start again", ck) from exc
+    except (OSError, DecodeError, RuntimeError, ValueError) as exc:
+        raise OlmpError(f"unreadable solver state ({exc}); remove the checkpoint to start again",
+                        ck / "solver.solverstate") from None
+    made_with = state["record"]["experiment"]
     if experiment is not None:
         changed = changed_settings(experiment, made_with)
         if changed:
             raise OlmpError(f"the checkpoint was made with other settings ({', '.join(changed)}); resume with the "
                             "same experiment and options, or choose another --out", out)
     _check_history(ss, solver, ck / "solver.solverstate")
+    weights.check_against_net(weights.read_caffemodel(ck / "weights.caffemodel"), solver.net)
     ss.ClearField("learned_net")  # weights are loaded below, through our checked loader
     caffe_bridge.restore_solver(solver, ss)
     weights.load_weights(solver.net, ck / "weights.caffemodel")

@@ -18,9 +18,13 @@ from olmp.errors import OlmpError
 
 
 def _print_json(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    """The human line (unless ``--json``), then strict JSON: ``null`` stands for a number that is not
+    finite (e.g. the ratio of a model with no parameter left)."""
+    from olmp.schemas import finite
+
     if not as_json:
         print(human(obj))
-    print(json.dumps(obj))
+    print(json.dumps(finite(obj), allow_nan=False))
 
 
 def _human_caltech(r: dict[str, Any]) -> str:
@@ -53,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from olmp import train
 
     res = train.train(paths.from_cwd(args.solver), iters=args.iters, out=args.out, seed=args.seed,
-                      progress=not args.quiet)
+                      progress=not args.quiet, force=args.force)
     _print_json(res, True, lambda r: f"saved {r['model']}: test accuracy {r['test']['accuracy']:.4f} "
                 f"after {r['iters']} iterations ({r['train_seconds']:.0f} s)")
     return 0
@@ -86,7 +90,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from olmp import convert
 
-    res = convert.to_stock(args.input, args.output)
+    res = convert.to_stock(args.input, args.output, force=args.force)
     _print_json(res, False, lambda r: f"wrote {r['out']}: stock layers, {len(r['converted'])} converted from the "
                 f"fork format; {r['remaining']}/{r['total']} remaining ({r['ratio']:.2f}x)")
     return 0
@@ -121,9 +125,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sparse:
         if args.net:
             raise OlmpError("--net only goes with --dense")
-        _print_json(sparse.export_sparse(args.input, args.output), False, _human_sparse)
+        _print_json(sparse.export_sparse(args.input, args.output, force=args.force), False, _human_sparse)
     else:
-        res = sparse.import_dense(args.input, args.output, paths.from_cwd(args.net))
+        res = sparse.import_dense(args.input, args.output, paths.from_cwd(args.net), force=args.force)
         _print_json(res, False, lambda r: f"wrote {r['out']}: {r['remaining']}/{r['total']} remaining "
                     f"({r['ratio']:.2f}x)")
     return 0
@@ -160,7 +164,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from olmp.policies import POLICIES
 
     name = record.run_name(exp.method, exp.optimizer, exp.seed, POLICIES[exp.method].searches)
-    out = args.out or f"runs/{exp.name}/{name}"
+    out = args.out or paths.default_run_folder(exp.name, name, exp.source.split(" --set ")[0] or None)
     rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)
     f = rec["final"]
     summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
@@ -204,11 +208,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
     names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
     names += distributions.OUTPUTS
-    for d in args.dirs:  # every output checked before the first is written
+    for d in args.dirs:  # every output and every input checked before the first file is written
         for name in names:
             atomic.check_target(Path(d) / name)
+        reports.check_report(d)
     if args.references:
         atomic.check_target(Path(args.references).parent / "references.md")
+        if Path(args.references).is_dir():
+            reports.references_table(args.references)  # every train.json read and checked
+    if args.references:
         print(f"wrote {reports.write_references_table(args.references)}")
     for d in args.dirs:
         res = reports.write_runs_table(d)
@@ -288,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--force", action="store_true", help="replace model.caffemodel and train.json in --out")
     _gpu_option(t)
     t.set_defaults(func=cmd_train)
 
@@ -306,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="fork (DNS/OLMP) caffemodel -> stock Caffe caffemodel")
     c.add_argument("input", metavar="IN.caffemodel")
     c.add_argument("output", metavar="OUT.caffemodel")
+    c.add_argument("--force", action="store_true", help="replace an existing OUT")
     c.set_defaults(func=cmd_convert)
 
     x = sub.add_parser("export", help="caffemodel <-> compressed sparse npz (CSR, 8-bit relative indices); "
@@ -323,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--sparse-initializers", action="store_true", help="with --onnx: weights with under a third "
                    "left as ONNX sparse initializers (smaller file; ONNX Runtime makes them dense when it loads)")
     x.add_argument("--net", help="with --dense: check against this net and save the whole net")
+    x.add_argument("--force", action="store_true", help="replace an existing OUT")
     x.set_defaults(func=cmd_export)
 
     n = sub.add_parser("init", help="write an experiment file for your own net (its layers, the paper's settings)")

@@ -61,10 +61,12 @@ def _stock_layer(pb: Any, src: Any, arrays: list[np.ndarray]) -> Any:
     return out
 
 
-def to_stock(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """``olmp convert``: write the stock equivalent of ``src`` to ``dst`` (atomically)."""
+def to_stock(src: str | Path, dst: str | Path, force: bool = False) -> dict[str, Any]:
+    """``olmp convert``: write the stock equivalent of ``src`` to ``dst`` (atomically); an existing
+    ``dst`` only with ``force``, never ``src`` itself."""
     src, dst = Path(src), Path(dst)
     atomic.check_target(dst)  # never a device or FIFO, and a writable folder: before any work
+    atomic.check_new(dst, (src,), force)
     model = weights.read_caffemodel(src)  # every check (shapes, masks, NaN) happens here
     pb = caffe_bridge.caffe_pb2()
     net = pb.NetParameter()

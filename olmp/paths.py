@@ -65,3 +65,32 @@ def in_experiment_file(value: str, experiment_file: Path) -> str:
     from olmp.prototxt import resolve_path  # noqa: PLC0415  (prototxt imports this module)
 
     return value if resolve_path(value).exists() else beside
+
+
+NAME_BYTES = 200  # a folder name's limit is 255 bytes on most file systems; room for a suffix
+
+
+def default_run_folder(name: str, run: str, where: str | Path | None = None) -> Path:
+    """``runs/<name>/<run>``, the folder ``olmp prune`` writes without ``--out``.
+
+    The experiment's ``name`` becomes one folder name, so it must be one: not empty, no ``/``,
+    no control characters, not ``.`` or ``..``, at most NAME_BYTES bytes; the folder then stays
+    inside ``runs/``. ``where`` (the experiment file) is named in the error.
+    """
+    from olmp.errors import OlmpError  # noqa: PLC0415
+
+    why = None
+    if not name.strip():
+        why = "is empty"
+    elif name in (".", "..") or any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "is not a single folder name (no /, \\, control characters, '.' or '..')"
+    elif len(name.encode("utf-8", "surrogatepass")) > NAME_BYTES:
+        why = f"is longer than {NAME_BYTES} bytes"
+    runs = Path("runs")
+    folder = runs / name / run
+    if why is None and not os.path.normpath(folder).startswith(f"{runs}{os.sep}"):
+        why = "would leave runs/"
+    if why is not None:
+        raise OlmpError(f"name {name[:60]!r} {why}: it names the default output folder runs/<name>/; "
+                        "fix the name or pass --out", where)
+    return folder

@@ -211,14 +211,19 @@ class Pipeline:
         checkpoint.save(self.out, self.solver, self.layers.state(), self._state(next_itr))
 
     def _resume(self) -> int:
-        mask_state, state = checkpoint.load(self.out, self.solver, self.exp.to_dict())
+        shapes = {k: m.shape for k, m in self.layers.state().items()}
+        mask_state, state = checkpoint.load(self.out, self.solver, self.exp.to_dict(), shapes)
+        try:
+            self.policy.load_state(state["policy"])
+        except KeyError as exc:
+            raise OlmpError(f"malformed checkpoint state: policy lacks {exc}; remove the checkpoint to start again",
+                            self.out / checkpoint.CHECKPOINT / "state.json") from None
         self.layers.load_state(mask_state)
         self.draws.load_state(state["rng"])
         self.record = state["record"]
         self.sgd_seconds = state["sgd_seconds"]
         self.search_seconds = state["search_seconds"]
         self.wall_seconds = state.get("wall_seconds", 0.0)
-        self.policy.load_state(state["policy"])
         # data layers have no saved cursor: replay them to where the killed run stood
         self.rewound = int(state.get("rewound", 0))
         for _ in range(self.solver.iter + self.rewound):
@@ -310,20 +315,16 @@ def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool
         checkpoint.clean(out)  # what a killed run was writing
         rec_path = out / "record.json"
         if rec_path.is_file():
-            import json  # noqa: PLC0415
-
             try:
-                rec = json.loads(rec_path.read_text())
-            except ValueError as exc:
-                raise OlmpError(f"unreadable record ({exc}); remove it to run again", rec_path) from None
-            if isinstance(rec, dict) and rec.get("finished"):
-                made_with = rec.get("experiment")
-                changed = checkpoint.changed_settings(exp.to_dict(), made_with) if isinstance(made_with, dict) \
-                    else ["experiment"]
+                rec = record.RunRecord.load(rec_path)
+            except OlmpError as exc:
+                raise OlmpError(f"{exc}; remove it to run again") from None
+            if rec.finished:
+                changed = checkpoint.changed_settings(exp.to_dict(), rec.experiment)
                 if changed:  # returning it would pass an old result off as the requested one
                     raise OlmpError(f"holds a finished run made with other settings ({', '.join(changed)}); "
                                     "choose another --out, or remove the folder to run again", out)
-                return rec
+                return rec.to_dict()
         if checkpoint.exists(out) and not resume:
             raise OlmpError("holds a checkpoint of an unfinished run; pass --resume or choose another --out", out)
         if resume and not checkpoint.exists(out):

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, paths
+from olmp import atomic, paths, schemas
 from olmp.errors import OlmpError
 
 FILE = "record.json"
-FINISHED_KEYS = ("experiment", "reference", "final", "seconds")  # what the tables read from a finished record
 
 
 def kind(method: str, optimizer: str, searches: bool) -> str:
@@ -79,15 +78,9 @@ class RunRecord:
         where = None if path is None else Path(path)
         if not isinstance(data, dict):
             raise OlmpError("a run record must be a JSON object", where)
-        need = FINISHED_KEYS if data.get("finished") else ("experiment",)
-        missing = [k for k in need if not isinstance(data.get(k), dict)]
-        missing += [k for k in ("optimizer", "seed") if k not in data]
-        exp = data.get("experiment")
-        if isinstance(exp, dict):
-            missing += [f"experiment.{k}" for k in ("name", "weights") if not isinstance(exp.get(k), str)]
-        if missing:
-            state = "finished run record" if data.get("finished") else "run record"
-            raise OlmpError(f"malformed {state}: lacks {', '.join(missing)}", where)
+        finished = data.get("finished") is True
+        schemas.check(schemas.FinishedRunRecord if finished else schemas.RunRecordFile, data,
+                      "finished run record" if finished else "run record", where)
         exp = data["experiment"]
         method = data.get("method", "olmp")  # records from before the baselines are all OLMP runs
         recorded = exp.get("variant")

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, record
+from olmp import atomic, record, schemas
 from olmp.errors import OlmpError
 from olmp.record import RunRecord
 
@@ -86,6 +86,22 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def check_report(model_dir: str | Path) -> list[RunRecord]:
+    """What ``olmp report`` reads from ``model_dir``, checked before it writes its first file: the
+    folder, every record (olmp.schemas), and the files ``best/`` copies from the chosen run."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise OlmpError("results folder not found", model_dir)
+    runs = load_runs(model_dir)
+    chosen = best_run(runs)
+    if chosen is not None:
+        for name in ("record.json", "pruned.caffemodel"):
+            if not (model_dir / chosen.name / name).is_file():
+                raise OlmpError(f"the best run {chosen.name} has no {name} to copy into best/",
+                                model_dir / chosen.name)
+    return runs
+
+
 def write_runs_table(model_dir: str | Path) -> dict[str, Any]:
     """results/<model>/runs.csv and runs.md: every run, then median and best per optimizer."""
     model_dir = Path(model_dir)
@@ -147,10 +163,11 @@ def references_table(ref_dir: str | Path) -> str:
             continue
         try:
             r = json.loads(p.read_text())
-            rows.append(f"| {m} | {r['iters']} | {r['seed']} | {100 * r['test']['accuracy']:.2f}% | "
-                        f"{r['test']['loss']:.4f} | {r['train_seconds']:.0f} s |")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise OlmpError(f"unreadable training record ({type(exc).__name__}: {exc})", p) from None
+        schemas.check(schemas.TrainRecord, r, "training record", p)
+        rows.append(f"| {m} | {r['iters']} | {r['seed']} | {100 * r['test']['accuracy']:.2f}% | "
+                    f"{r['test']['loss']:.4f} | {r['train_seconds']:.0f} s |")
     return ("# Reference models\n\nTrained by `scripts/train_references.sh` (`make reference`), i.e.\n"
             "`olmp train --solver solvers/<model>_solver.prototxt --iters 10000 --seed 1 "
             "--out results/references/<model>`,\n"

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from olmp import atomic, caffe_bridge, convert, prototxt, weights
+from olmp import atomic, caffe_bridge, convert, prototxt, schemas, weights
 from olmp.errors import OlmpError
 
 FORMAT = "olmp-sparse-csr8"
@@ -115,10 +115,12 @@ def decode(shape: tuple[int, ...], values: np.ndarray, gaps: np.ndarray, rowptr:
     return dense.reshape(shape)
 
 
-def export_sparse(src: str | Path, dst: str | Path) -> dict[str, Any]:
-    """``olmp export --sparse``: any caffemodel (stock or fork) -> the npz above."""
+def export_sparse(src: str | Path, dst: str | Path, force: bool = False) -> dict[str, Any]:
+    """``olmp export --sparse``: any caffemodel (stock or fork) -> the npz above; an existing ``dst``
+    only with ``force``, never ``src`` itself."""
     src, dst = Path(src), Path(dst)
     atomic.check_target(dst)  # never a device or FIFO, and a writable folder: before any work
+    atomic.check_new(dst, (src,), force)
     model = weights.read_caffemodel(src)
     arrays: dict[str, np.ndarray] = {}
     layers_meta = []
@@ -168,44 +170,52 @@ def load_sparse(path: str | Path) -> weights.Model:
             files = {k: z[k] for k in z.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise OlmpError(f"not a valid sparse npz (truncated or corrupt: {exc})", path) from exc
+    if "meta" not in files or files["meta"].dtype.kind != "U" or files["meta"].shape != ():
+        raise OlmpError(f"not an olmp sparse npz: no meta entry (a {FORMAT} file from `olmp export --sparse`)", path)
     try:
-        meta = json.loads(str(files["meta"]))
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise OlmpError(f"format {meta.get('format')} v{meta.get('version')}, expected {FORMAT} v{VERSION}",
-                            path)
+        raw = json.loads(str(files["meta"]))
+    except ValueError as exc:
+        raise OlmpError(f"not an olmp sparse npz: its meta is not JSON ({exc})", path) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        got = (raw.get("format"), raw.get("version")) if isinstance(raw, dict) else (None, None)
+        raise OlmpError(f"format {got[0]} v{got[1]}, expected {FORMAT} v{VERSION}", path)
+    meta = schemas.check(schemas.SparseMeta, raw, "sparse npz meta", path)
+    if meta.index_bits != INDEX_BITS:
+        raise OlmpError(f"malformed sparse npz meta: index_bits {meta.index_bits}, expected {INDEX_BITS}", path)
+    try:
         model = weights.Model(path=path)
-        for i, layer in enumerate(meta["layers"]):
+        for i, layer in enumerate(meta.layers):
             blobs = []
-            for j, b in enumerate(layer["blobs"]):
-                shape = tuple(int(d) for d in b["shape"])
-                if any(d < 0 for d in shape):
-                    raise OlmpError(f"layer '{layer['name']}' blob {j} has a negative dimension {shape}", path)
+            for j, b in enumerate(layer.blobs):
+                shape = tuple(b.shape)
                 if np.prod(shape, dtype=np.float64) > MAX_BLOB:
-                    raise OlmpError(f"layer '{layer['name']}' blob {j} shape {shape} is too large for Caffe", path)
+                    raise OlmpError(f"layer '{layer.name}' blob {j} shape {shape} is too large for Caffe", path)
                 parts = [files[f"L{i}_B{j}_{k}"] for k in ("values", "gaps", "rowptr")]
                 try:
-                    blobs.append(decode(shape, *parts, where=f"layer '{layer['name']}' blob {j}"))
+                    blobs.append(decode(shape, *parts, where=f"layer '{layer.name}' blob {j}"))
                 except OlmpError as exc:
                     raise OlmpError(str(exc), path) from exc
-            name = str(layer["name"])
-            if name in model.layers:
-                raise OlmpError(f"layer '{name}' appears twice", path)
-            model.layers[name] = weights.LayerParams(name, str(layer["type"]), blobs)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            if layer.name in model.layers:
+                raise OlmpError(f"layer '{layer.name}' appears twice", path)
+            model.layers[layer.name] = weights.LayerParams(layer.name, layer.type, blobs)
+            weights.check_blob_count(model.layers[layer.name], path)
+    except (KeyError, TypeError, ValueError) as exc:
         raise OlmpError(f"not a valid sparse npz (missing or malformed entry: {exc})", path) from exc
     if not model.layers:
         raise OlmpError("sparse file holds no layers", path)
     return model
 
 
-def import_dense(src: str | Path, dst: str | Path, net_path: str | Path | None = None) -> dict[str, Any]:
+def import_dense(src: str | Path, dst: str | Path, net_path: str | Path | None = None,
+                 force: bool = False) -> dict[str, Any]:
     """``olmp export --dense``: the npz -> a stock caffemodel.
 
     Without ``net_path`` the file holds only the parameter layers (all ``copy_from``
     needs); with it, the arrays are checked against that net and Caffe writes the
-    whole net, as ``olmp train`` does.
+    whole net, as ``olmp train`` does. An existing ``dst`` only with ``force``, never an input.
     """
     atomic.check_target(dst)
+    atomic.check_new(dst, (src, None if net_path is None else prototxt.resolve_path(net_path)), force)
     model = load_sparse(src)
     if net_path is None:
         convert.write_params_only([(n, lp.type, lp.blobs) for n, lp in model.layers.items()], dst)

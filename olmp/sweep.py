@@ -389,10 +389,10 @@ def plan(sweep: Sweep, runs: Sequence[Run] | None = None) -> tuple[list[Row], li
                 rows.append(Row(run, "drift", why))
         elif checkpoint.exists(folder):
             try:
-                state = json.loads((folder / checkpoint.CHECKPOINT / "state.json").read_text())
+                state = checkpoint.read_state(folder)
                 ok, why = _record_check(exp, run, state["record"]["experiment"], None)
-            except (OSError, ValueError, KeyError, TypeError):
-                ok, why = False, "unreadable checkpoint"
+            except OlmpError as exc:
+                ok, why = False, f"unreadable checkpoint: {exc}"
             if ok:
                 rows.append(Row(run, "resume", f"from iteration {state['next_itr']}"))
             else:
@@ -537,10 +537,9 @@ def _prune(exp: Experiment, folder: Path, task: Task) -> dict[str, Any]:
         before = "finished before"
     elif checkpoint.exists(folder):
         try:
-            state = json.loads((folder / checkpoint.CHECKPOINT / "state.json").read_text())
-            before = f"resumed at iteration {state['next_itr']}"
-        except (OSError, ValueError, KeyError):
-            before = "resumed"
+            before = f"resumed at iteration {checkpoint.read_state(folder)['next_itr']}"
+        except OlmpError:
+            before = "resumed"  # the resume itself says what is wrong with it
     t0 = time.perf_counter()
     rec = pipeline.prune(exp, folder, resume=True, progress=False)
     f = rec["final"]

@@ -30,11 +30,13 @@ def divergence(net: Any, layers: Any = None) -> str | None:
     return f"loss {loss}, max |w| {big:.3g}"
 
 
-def check_outputs(out: Path) -> None:
-    """``out`` must be (or become) a folder where model.caffemodel and train.json can be written."""
+def check_outputs(out: Path, solver: Path | None = None, force: bool = False) -> None:
+    """``out`` must be (or become) a folder where model.caffemodel and train.json can be written: new
+    ones, unless ``force`` replaces them; never the solver itself."""
     atomic.check_target(out, folder=True)
     for name in ("model.caffemodel", "train.json"):
         atomic.check_target(out / name)
+        atomic.check_new(out / name, (solver,), force)
 
 
 def train(
@@ -43,13 +45,15 @@ def train(
     out: str | Path | None = None,
     seed: int = 1,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train, evaluate on the test set, save ``model.caffemodel`` and ``train.json``."""
+    """Train, evaluate on the test set, save ``model.caffemodel`` and ``train.json`` (replacing
+    existing ones only with ``force``)."""
     if not 0 <= seed < 2**31:  # Caffe takes the seed in 32 bits
         raise OlmpError(f"--seed must be in [0, {2**31 - 1}], got {seed}")
     solver_path = prototxt.resolve_path(solver_path)
     out = Path(out) if out else Path("runs") / "train" / solver_path.stem
-    check_outputs(out)  # before the training, not after it
+    check_outputs(out, solver_path, force)  # before the training, not after it
     sp = prototxt.read_solver(solver_path)
     iters = int(iters if iters is not None else sp.max_iter)
     if not 0 < iters < 2**31:  # Caffe counts iterations in an int

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, evaluate, prototxt, train, weights
+from olmp import atomic, caffe_bridge, evaluate, prototxt, schemas, train, weights
 from olmp.adjusting import MaskedLayers
 from olmp.config import Experiment
 from olmp.errors import OlmpError
@@ -119,7 +119,7 @@ def run(exp: Experiment, masks_path: str, weights_path: str, out: Path, progress
     """``olmp transplant``: one record.json per (masks, weights) pair; a finished one is returned as is."""
     rec_path = Path(out) / "record.json"
     if rec_path.is_file():
-        rec = json.loads(rec_path.read_text())
+        rec = read_record(rec_path)
         if (rec.get("masks"), rec.get("weights"), rec.get("experiment")) == (masks_path, weights_path, exp.source):
             return rec
         raise OlmpError("holds a transplant record of other inputs; choose another --out", out)
@@ -130,12 +130,22 @@ def run(exp: Experiment, masks_path: str, weights_path: str, out: Path, progress
     return rec
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A transplant record, checked (olmp.schemas.TransplantRecord): damaged is one line naming it."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OlmpError(f"unreadable transplant record ({exc})", path) from None
+    schemas.check(schemas.TransplantRecord, rec, "transplant record", path)
+    return rec
+
+
 def write_table(folder: str | Path) -> dict[str, Any]:
     """mask-transplant.json and .md from every ``*/record.json`` under ``folder``/transplant."""
     folder = Path(folder)
     rows = []
     for p in sorted((folder / "transplant").glob("*/record.json")):
-        r = json.loads(p.read_text())
+        r = read_record(p)
         rows.append({"run": p.parent.name, **{k: r[k] for k in ("masks", "weights", "ratio", "test_before",
                                                                  "test_final", "test_best_over_curve")}})
     if not rows:

@@ -51,6 +51,19 @@ class Model:
     layers: dict[str, LayerParams] = field(default_factory=dict)
 
 
+PRUNABLE = ("Convolution", "InnerProduct")  # prototxt.PRUNABLE_TYPES (kept apart: no Caffe import here)
+
+
+def check_blob_count(layer: LayerParams, path: Path) -> None:
+    """The one rule for parameter blobs: a Convolution or InnerProduct layer holds its weights and at
+    most a bias (a fork layer also their two masks); a file with more is refused, since no other code
+    would read, count or convert the extra blob the same way. Other layer types' blobs (BatchNorm,
+    Scale, PReLU...) are kept and counted as they are."""
+    if layer.type in PRUNABLE and len(layer.blobs) > 2:
+        raise OlmpError(f"layer '{layer.name}' ({layer.type}) holds {len(layer.blobs)} parameter blobs; "
+                        "a Convolution or InnerProduct layer holds its weights and at most a bias", path)
+
+
 def _blob_array(blob: Any, path: Path, where: str) -> np.ndarray:
     if blob.HasField("shape"):
         shape = tuple(int(d) for d in blob.shape.dim)
@@ -91,6 +104,9 @@ def read_caffemodel(path: str | Path) -> Model:
         arrays = [_blob_array(b, path, f"layer '{name}' blob {i}") for i, b in enumerate(blobs)]
         stock = FORK_TYPES.get(ltype, ltype)
         masks = None
+        if ltype in FORK_TYPES and len(arrays) not in (1, 2, 4):
+            raise OlmpError(f"layer '{name}' ({ltype}) holds {len(arrays)} blobs; a fork layer holds weights and "
+                            "bias, with or without their two masks", path)
         if ltype in FORK_TYPES and len(arrays) == 4:
             masks = [arrays[2], arrays[3]]
             for a, m in zip(arrays[:2], masks):
@@ -100,6 +116,7 @@ def read_caffemodel(path: str | Path) -> Model:
         if name in model.layers:
             raise OlmpError(f"layer '{name}' appears twice", path)
         model.layers[name] = LayerParams(name, stock, arrays, masks, ltype)
+        check_blob_count(model.layers[name], path)
     if not model.layers:
         raise OlmpError("caffemodel holds no parameter blobs", path)
     return model

@@ -152,7 +152,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path, mnist_dir: Pat
         old_target = full / "old.caffemodel"
         old_target.write_bytes(b"\x02" * 10_000)
         cases = [
-            (["convert", str(GOOD_WEIGHTS), str(old_target)], old_target),
+            (["convert", str(GOOD_WEIGHTS), str(old_target), "--force"], old_target),
             (["export", "--sparse", str(GOOD_WEIGHTS), str(full / "m.npz")], full / "m.npz"),
             (["train", "--solver", str(SOLVER), "--iters", "2", "--out", str(full / "t"), "--quiet"],
              full / "t" / "model.caffemodel"),
@@ -349,7 +349,7 @@ def _fault_cases(w: Path, inputs: dict[str, Path]) -> list[Case]:
     tp = ["transplant", "--experiment", exp, "--masks", str(model / "run-a" / "pruned.caffemodel"),
           "--weights", str(GOOD_WEIGHTS), "--out", str(w / "tp"), "--quiet"]
     return [
-        Case("convert", ["convert", str(GOOD_WEIGHTS), str(w / "old.caffemodel")], "old.caffemodel",
+        Case("convert", ["convert", str(GOOD_WEIGHTS), str(w / "old.caffemodel"), "--force"], "old.caffemodel",
              w / "old.caffemodel", on_tmpfs=True),
         Case("export npz", ["export", "--sparse", str(GOOD_WEIGHTS), str(w / "m.npz")], "m.npz", w / "m.npz",
              on_tmpfs=True),
