@@ -28,6 +28,7 @@ from olmp.errors import OlmpError
 CHECKPOINT = "checkpoint"
 # a resume may change these: same result either way (variant is a label; records before it lack it)
 RESULT_FREE = ("source", "variant", "search.workers", "search.chunks")
+ARRAYS = "arrays.npz"
 SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move
 
 
@@ -78,12 +79,16 @@ class RunLock:
                 break
 
 
-def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
-    """Write ``out/checkpoint`` atomically. Call between solver steps (blobs hold dense W)."""
+def save(out: Path, solver: Any, mask_state: dict[str, np.ndarray], state: dict[str, Any],
+         arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Write ``out/checkpoint`` atomically. Call between solver steps (blobs hold dense W).
+
+    ``arrays``: other state of the run too large for state.json (a weight average's sums), in arrays.npz.
+    """
     snap_dir = out / SNAPSHOT
     try:
         take_snapshot(solver, snap_dir, out / CHECKPOINT)
-        _assemble(out, snap_dir, mask_state, state)
+        _assemble(out, snap_dir, mask_state, state, arrays)
     finally:
         shutil.rmtree(snap_dir, ignore_errors=True)
 
@@ -103,7 +108,8 @@ def take_snapshot(solver: Any, snap_dir: Path, where: Path) -> None:
     caffe_bridge.snapshot(solver, snap_dir, where, need)
 
 
-def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], state: dict[str, Any],
+              arrays: dict[str, np.ndarray] | None = None) -> None:
     model = next(snap_dir.glob("*.caffemodel"))
     solverstate = next(snap_dir.glob("*.solverstate"))
     with atomic.atomic_path(out / CHECKPOINT) as tmp:
@@ -112,11 +118,27 @@ def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], stat
         os.replace(solverstate, tmp / "solver.solverstate")
         with open(tmp / "masks.npz", "wb") as fh:
             np.savez(fh, **mask_state)  # type: ignore[arg-type]  # (numpy's stub reads ** as allow_pickle)
+        if arrays is not None:
+            with open(tmp / ARRAYS, "wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
         with open(tmp / "state.json", "w") as fh:
             fh.write(json.dumps(state))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+
+
+def load_arrays(out: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The checkpoint's arrays.npz, with exactly these keys and shapes (a damaged one is never resumed from)."""
+    path = out / CHECKPOINT / ARRAYS
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise OlmpError(f"unreadable checkpoint arrays ({exc}); remove the checkpoint to start again", path) from None
+    if set(arrays) != set(shapes) or any(arrays[k].shape != tuple(v) for k, v in shapes.items()):
+        raise OlmpError("checkpoint arrays do not fit the run; remove the checkpoint to start again", path)
+    return arrays
 
 
 def clean(out: Path) -> None:

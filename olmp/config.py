@@ -41,7 +41,7 @@ from olmp import paths
 from olmp.errors import OlmpError
 
 INT_MAX = 2**31 - 1  # Caffe's solver counts iterations (and takes its seed) in 32 bits
-SECTIONS = ("search", "pipeline", "baseline")
+SECTIONS = ("search", "pipeline", "baseline", "retrain")
 
 
 # ---- value types: what a key accepts, and the words that say so in an error ------------------------
@@ -152,6 +152,37 @@ class BaselineConfig:
     power: NonNegative = 1.0
 
 
+# ---- [retrain] -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, config=_NO_EXTRA)
+class RetrainConfig:
+    """What a lossless run adds: held-out images, levers of the retraining phase, the no-loss guarantee.
+
+    Every choice these make reads ``holdout_source`` (training images the run's net and its
+    reference never trained on: models/*/train_test_holdout.prototxt), never the test set. The
+    levers start at pipeline.prune_stop_iter, after the last mask change, so a run with them has the
+    masks of the same seed's run without them. All off by default.
+    """
+
+    holdout_source: Str = ""  # LMDB of held-out training images (data/mnist/mnist_holdout5k_lmdb); "": none
+    distill_weight: Fraction = 0.0  # soft-target share of the loss (Hinton et al. 2015); 0: no distillation
+    distill_temperature: Annotated[Float, Field(gt=0)] = 4.0
+    average_last: Annotated[Int, Field(ge=0)] = 0  # average the masked weights over the last N iterations; 0: off
+    average_every: Count = 100  # ... taking them every M iterations
+    guarantee: bool = False  # restore weights until the held-out accuracy is the reference's (needs holdout_source)
+    guarantee_factor: Annotated[Float, Field(gt=0, lt=1)] = 0.8  # a restoring step multiplies one layer's crate by this
+    guarantee_retrain: Count = 500  # masked SGD iterations after each restoring step
+    guarantee_max_steps: Count = 30
+
+    @property
+    def distills(self) -> bool:
+        return self.distill_weight > 0
+
+    @property
+    def averages(self) -> bool:
+        return self.average_last > 0
+
+
 # ---- the experiment ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, config=_NO_EXTRA)
@@ -171,6 +202,7 @@ class Experiment:
     search: SearchConfig = SearchConfig()
     pipeline: PipelineConfig = PipelineConfig()
     baseline: BaselineConfig = BaselineConfig()
+    retrain: RetrainConfig = RetrainConfig()
     source: Str = ""  # the file it came from and its --set overrides (written by load, never read from a file)
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,10 +349,20 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if s.accuracy_on == "validation" and s.validation_images <= 0:
         fail("search.validation_images must be > 0 when search.accuracy_on = 'validation'")
     _check_baseline(exp, policy, fail)
+    _check_retrain(exp, fail)
     _check_mode(exp, policies, fail)
     if policy.searches and s.population < optimizer.min_popsize:
         fail(f"search.population must be >= {optimizer.min_popsize} for {exp.optimizer}, got {s.population}")
     return exp
+
+
+def _check_retrain(exp: Experiment, fail: Any) -> None:
+    r, p = exp.retrain, exp.pipeline
+    if r.guarantee and not r.holdout_source:
+        fail("retrain.guarantee needs retrain.holdout_source: the guarantee reads held-out images, never the test set")
+    if r.averages and r.average_last > p.niter - p.prune_stop_iter:
+        fail(f"retrain.average_last ({r.average_last}) must be <= pipeline.niter - pipeline.prune_stop_iter "
+             f"({p.niter - p.prune_stop_iter}): the masks must not change inside the average")
 
 
 def _check_baseline(exp: Experiment, policy: Any, fail: Any) -> None:

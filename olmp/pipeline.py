@@ -30,8 +30,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, evaluate, prototxt, record, train, weights
+from olmp import atomic, caffe_bridge, checkpoint, distill, evaluate, guarantee, prototxt, record, train, weights
 from olmp.adjusting import MaskedLayers
+from olmp.averaging import WeightAverage
 from olmp.candidate import Chunk, chunk_nets
 from olmp.config import Experiment
 from olmp.crate_search import Scoring
@@ -59,6 +60,14 @@ class Pipeline:
         sp.snapshot_format = caffe_bridge.caffe_pb2().SolverParameter.BINARYPROTO
         sp.snapshot_prefix = str(self.out / checkpoint.SNAPSHOT / "snap")
         self.net_param = self._eval_net_param = sp.net_param
+        self.distill_key = ""
+        if exp.retrain.distills:  # a loss layer that adds nothing until retraining registers the teacher
+            pb0 = caffe_bridge.caffe_pb2()
+            student = pb0.SolverParameter()
+            student.CopyFrom(sp)
+            self.distill_key = str(self.out.resolve())
+            student.net_param.layer.append(distill.layer_param(pb0, self.distill_key, *_train_io(sp.net_param)))
+            sp = student
         caffe_bridge.set_random_seed(exp.seed)
         self.solver = caffe_bridge.make_solver(sp, source=exp.solver)
         self.net = self.solver.net
@@ -96,6 +105,8 @@ class Pipeline:
                 self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)
             except ValueError as exc:
                 raise OlmpError(str(exc), exp.source) from None
+        self.holdout_net, self.holdout_images = self._holdout_net() if exp.retrain.holdout_source else (None, 0)
+        self.average = WeightAverage(self.net) if exp.retrain.averages else None
         self.draws = MODES[exp.mode].draws(exp.seed)
         self.test_batches = 0
         self.record: dict[str, Any] = {}
@@ -132,10 +143,80 @@ class Pipeline:
         net.forward()
         return net
 
+    def _holdout_net(self) -> tuple[Any, int]:
+        """A TEST-phase net over the held-out training images (retrain.holdout_source), sharing the weights.
+
+        Its batch divides the image count, so every evaluation reads each image once and leaves the
+        data layer where it found it: a resumed run needs no replay of it.
+        """
+        import lmdb  # noqa: PLC0415
+
+        src = prototxt.resolve_path(self.exp.retrain.holdout_source)
+        try:
+            with lmdb.open(str(src), readonly=True, lock=False) as env:
+                images = int(env.stat()["entries"])
+        except lmdb.Error as exc:
+            raise OlmpError(f"retrain.holdout_source {src}: not a readable LMDB ({exc}); run `olmp data mnist`",
+                            self.exp.source) from None
+        if images == 0:
+            raise OlmpError(f"retrain.holdout_source {src} holds no images", self.exp.source)
+        pb = caffe_bridge.caffe_pb2()
+        param = pb.NetParameter()
+        param.CopyFrom(self.net_param)
+        for lay in prototxt.layers_in_phase(param, pb.TEST):
+            if lay.type == "Data":
+                lay.data_param.source = str(src)
+                lay.data_param.batch_size = math.gcd(images, lay.data_param.batch_size or 100)
+        net = caffe_bridge.make_net(param, "test", source=self.exp.source)
+        net.share_with(self.net)
+        return net, images
+
+    def holdout(self) -> dict[str, Any] | None:
+        """Accuracy of the masked model (W*M) on the held-out training images; None without them."""
+        if self.holdout_net is None:
+            return None
+        with self.layers.masked():
+            return evaluate.evaluate_net(self.holdout_net, self.holdout_images, self.exp.retrain.holdout_source)
+
+    def _teacher(self) -> distill.Teacher:
+        """The dense reference as a TEST-phase net fed the student's minibatch (olmp/distill.py)."""
+        pb = caffe_bridge.caffe_pb2()
+        logits, data = _train_io(self.net_param)
+        shapes = {top: self.net.blobs[top].data.shape for top in self.net.blobs}
+        net = caffe_bridge.make_net(prototxt.input_net_param(self.net_param, pb.TEST, shapes), "test",
+                                    source=self.exp.source)
+        weights.load_weights(net, prototxt.resolve_path(self.exp.weights))
+        r = self.exp.retrain
+        return distill.Teacher(net, logits, r.distill_temperature, r.distill_weight)
+
+    def _start_retraining_levers(self) -> None:
+        if self.distill_key:
+            distill.activate(self.distill_key, self._teacher())
+
+    def _guarantee(self, final: dict[str, Any], held_out: dict[str, Any]) -> dict[str, Any]:
+        """Restore weights until no held-out loss (olmp/guarantee.py); the model before it is final.caffemodel."""
+        t0 = time.perf_counter()
+        self._save_model("final.caffemodel")
+        before = {"ratio": self.ratio(), "test": final, **held_out}
+        steps = self.exp.pipeline.niter
+
+        def retrain(n: int) -> None:
+            for _ in range(n):
+                self.sgd_step(steps)
+
+        def say(msg: str) -> None:
+            if self.progress:
+                print(f"olmp: {msg}", file=sys.stderr)
+
+        g = guarantee.restore_until_lossless(
+            self.layers, self.exp.retrain, self.record["reference"]["holdout"]["accuracy"],
+            lambda: self.holdout()["accuracy"], retrain, self.ratio, say)
+        return {**g, "before": before, "seconds": round(time.perf_counter() - t0, 2)}
+
     def test(self) -> dict[str, Any]:
         """Test-set accuracy of the masked model (W*M), as saved."""
         with self.layers.masked():
-            res = evaluate.evaluate_net(self.test_net, self.test_images)
+            res = evaluate.evaluate_net(self.test_net, self.test_images, self.exp.solver)
         self.test_batches += math.ceil(self.test_images / self.test_net.blobs[self._test_label()].data.shape[0])
         return res
 
@@ -208,7 +289,8 @@ class Pipeline:
         }
 
     def _save_checkpoint(self, next_itr: int) -> None:
-        checkpoint.save(self.out, self.solver, self.layers.state(), self._state(next_itr))
+        arrays = self.average.state() if self.average else None
+        checkpoint.save(self.out, self.solver, self.layers.state(), self._state(next_itr), arrays)
 
     def _resume(self) -> int:
         shapes = {k: m.shape for k, m in self.layers.state().items()}
@@ -219,6 +301,9 @@ class Pipeline:
             raise OlmpError(f"malformed checkpoint state: policy lacks {exc}; remove the checkpoint to start again",
                             self.out / checkpoint.CHECKPOINT / "state.json") from None
         self.layers.load_state(mask_state)
+        if self.average:
+            shapes = {k: v.shape for k, v in self.average.state().items()}
+            self.average.load_state(checkpoint.load_arrays(self.out, shapes))
         self.draws.load_state(state["rng"])
         self.record = state["record"]
         self.sgd_seconds = state["sgd_seconds"]
@@ -235,16 +320,17 @@ class Pipeline:
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        exp, p = self.exp, self.exp.pipeline
+        exp, p, r = self.exp, self.exp.pipeline, self.exp.retrain
         wall0 = self._wall0 = time.perf_counter()
         if resume and checkpoint.exists(self.out):
             start = self._resume()
         else:
             reference_test = self.test()
-            self.record = record.new_record(
-                exp.to_dict(), {"weights": exp.weights, "test": reference_test,
-                                "stats": {n: vars(st) for n, st in self.stats.items()}},
-                searches=self.policy.searches)
+            reference = {"weights": exp.weights, "test": reference_test,
+                         "stats": {n: vars(st) for n, st in self.stats.items()}}
+            if self.holdout_net is not None:
+                reference["holdout"] = self.holdout()  # the guarantee's target; read before any step
+            self.record = record.new_record(exp.to_dict(), reference, searches=self.policy.searches)
             t0 = time.perf_counter()
             info = self.policy.start()  # e.g. a sensitivity scan, on the reference model
             if info is not None:
@@ -268,10 +354,16 @@ class Pipeline:
                     self.search_seconds += time.perf_counter() - t0
             elif itr == p.prune_stop_iter and p.retrain_lr == "rewind":
                 self._rewind_learning_rate()
+            if itr == max(start, p.prune_stop_iter):  # retraining begins (or a resumed run is inside it)
+                self._start_retraining_levers()
             self.sgd_step(itr)
+            if self.average and itr >= p.niter - r.average_last and (p.niter - 1 - itr) % r.average_every == 0:
+                self.average.add(self.layers)
             if itr % p.record_every == 0 or itr == p.niter - 1:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
                          "test_accuracy": self.test()["accuracy"], **self.policy.fields()}
+                if self.holdout_net is not None:
+                    entry["holdout_accuracy"] = self.holdout()["accuracy"]
                 self.record["progress"].append(entry)
                 bar.set_postfix(ratio=f"{entry['ratio']:.1f}x", batch=f"{entry['batch_accuracy']:.3f}",
                                 test=f"{entry['test_accuracy']:.4f}")
@@ -281,11 +373,26 @@ class Pipeline:
         bar.close()
         return self._finish(time.perf_counter() - wall0)
 
-    def _finish(self, wall: float) -> dict[str, Any]:
-        final = self.test()
+    def _save_model(self, name: str) -> None:
         with self.layers.masked():
-            weights.save_net(self.net, self.out / "pruned.caffemodel", self.net_param,
-                             caffe_bridge.caffe_pb2().TRAIN)
+            weights.save_net(self.net, self.out / name, self.net_param, caffe_bridge.caffe_pb2().TRAIN)
+
+    def _held_out(self) -> dict[str, Any]:
+        h = self.holdout()
+        return {} if h is None else {"holdout": h}
+
+    def _finish(self, wall: float) -> dict[str, Any]:
+        r = self.exp.retrain
+        if self.average and self.average.count:  # the final model is the mean; the last iterate is noted
+            self.record["averaging"] = {"snapshots": self.average.count,
+                                        "last_iterate": {"test": self.test(), **self._held_out()}}
+            self.average.apply(self.layers)
+        final = self.test()
+        held_out = self._held_out()
+        if r.guarantee:
+            self.record["guarantee"] = self._guarantee(final, held_out)
+            final, held_out = self.test(), self._held_out()
+        self._save_model("pruned.caffemodel")
         total, remaining = self.layers.total(), self.layers.remaining()
         self.record.update({
             "final": {
@@ -295,6 +402,7 @@ class Pipeline:
                 "layers": self.layer_summary(),
                 **self.policy.fields(),
                 "test": final,
+                **held_out,
             },
             "seconds": {"sgd": round(self.sgd_seconds, 2), "search": round(self.search_seconds, 2),
                         "this_session_wall": round(wall, 2), "wall": round(self.wall_seconds + wall, 2)},
@@ -303,6 +411,17 @@ class Pipeline:
         record.write(self.out / "record.json", self.record)
         checkpoint.remove(self.out)  # the record is the result now
         return self.record
+
+
+def _train_io(net_param: Any) -> tuple[str, str]:
+    """(logits, images) blob names of a net's TRAIN phase: its SoftmaxWithLoss's first bottom, its data top."""
+    pb = caffe_bridge.caffe_pb2()
+    layers = prototxt.layers_in_phase(net_param, pb.TRAIN)
+    loss = next((lay for lay in layers if lay.type == "SoftmaxWithLoss"), None)
+    data = next((lay for lay in layers if not lay.bottom and lay.top), None)
+    if loss is None or data is None:
+        raise OlmpError("retrain.distill_weight needs a TRAIN phase with a data layer and a SoftmaxWithLoss")
+    return loss.bottom[0], data.top[0]
 
 
 def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:

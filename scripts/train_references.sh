@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 OLMP=.venv/bin/olmp
-models=("$@"); [ ${#models[@]} -gt 0 ] || models=(lenet300100 lenet5)
+models=("$@"); [ ${#models[@]} -gt 0 ] || models=(lenet300100 lenet5 lenet300100_holdout lenet5_holdout)
 for m in "${models[@]}"; do
   out=results/references/$m
   if [ -f "$out/model.caffemodel" ]; then

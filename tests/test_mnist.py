@@ -94,12 +94,15 @@ def test_lmdbs_hold_caffe_datums_matching_idx(mnist_dir: Path) -> None:
     from olmp.caffe_bridge import caffe_pb2
 
     pb = caffe_pb2()
-    for split, prefix, count, probe in [
-        ("mnist_train_lmdb", "train", 60000, [0, 1, 12345, 59999]),
-        ("mnist_test_lmdb", "t10k", 10000, [0, 4321, 9999]),
+    for split, prefix, count, probe, first in [
+        ("mnist_train_lmdb", "train", 60000, [0, 1, 12345, 59999], 0),
+        ("mnist_test_lmdb", "t10k", 10000, [0, 4321, 9999], 0),
+        # the held-out split: training images 55,000-59,999; its complement, the first 55,000
+        ("mnist_train55k_lmdb", "train", 55000, [0, 1, 12345, 54999], 0),
+        ("mnist_holdout5k_lmdb", "train", 5000, [0, 1, 2500, 4999], 55000),
     ]:
-        images = read_idx(mnist_dir / f"{prefix}-images-idx3-ubyte")
-        labels = read_idx(mnist_dir / f"{prefix}-labels-idx1-ubyte")
+        images = read_idx(mnist_dir / f"{prefix}-images-idx3-ubyte")[first:first + count]
+        labels = read_idx(mnist_dir / f"{prefix}-labels-idx1-ubyte")[first:first + count]
         env = lmdb.open(str(mnist_dir / split), readonly=True, lock=False)
         try:
             assert env.stat()["entries"] == count
@@ -120,14 +123,14 @@ def test_lmdbs_hold_caffe_datums_matching_idx(mnist_dir: Path) -> None:
 
 def test_second_call_is_idempotent_and_fast(mnist_dir: Path) -> None:
     before = _snapshot(mnist_dir)
-    lmdb_before = {d: _snapshot(mnist_dir / d) for d in ("mnist_train_lmdb", "mnist_test_lmdb")}
+    lmdb_before = {d: _snapshot(mnist_dir / d) for d in ("mnist_train_lmdb", "mnist_test_lmdb", "mnist_holdout5k_lmdb")}
     t0 = time.perf_counter()
     result = prepare_mnist(dest=mnist_dir, progress=False)
     elapsed = time.perf_counter() - t0
     assert result["written"] == [] and result["rebuilt_lmdb"] == []
     assert result["files"] == {n: sha for n, (_, sha) in EXPECTED.items()}
     assert result["train_images"] == 60000 and result["test_images"] == 10000
-    assert set(result["lmdb"]) == {"train", "test"}
+    assert set(result["lmdb"]) == {"train", "test", "train55k", "holdout"}
     assert _snapshot(mnist_dir) == before
     for d, snap in lmdb_before.items():
         assert _snapshot(mnist_dir / d) == snap

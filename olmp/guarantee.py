@@ -1,0 +1,84 @@
+"""The no-loss guarantee: restore weights until the held-out accuracy is the reference's.
+
+The paper's success criterion is "no accuracy loss"; a search under a loose constraint on one minibatch
+only hopes for it. At the end of a run, while the model's accuracy on the held-out training images is
+below the reference's on the same images:
+
+    for each prunable layer: lower its magnitude threshold (times ``guarantee_factor``; at first the
+        k-th largest dense |W|, k the weights it keeps), which brings
+        back the pruned weights whose dense (straight-through) magnitude clears it, and score the
+        held-out accuracy of that model
+    keep the layer whose restored weights buy the most held-out accuracy per weight
+        (when none buys any, the one that restores fewest)
+    retrain ``guarantee_retrain`` masked SGD iterations (masks frozen), score again
+
+Each step is recorded with its ratio and held-out accuracy. Nothing reads the test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from olmp.adjusting import MaskedLayers
+from olmp.config import RetrainConfig
+
+
+def thresholds(layers: MaskedLayers) -> dict[str, float]:
+    """Each layer's equivalent magnitude threshold: the k-th largest dense |W| of its weights, k the
+    weights it keeps (its smallest kept |W| is no guide: a kept weight may have shrunk since)."""
+    out = {}
+    for n in layers.names:
+        w, m = np.abs(layers.dense(n)[0]).ravel(), layers.masks[n][0]
+        k = int(np.count_nonzero(m))
+        out[n] = float(np.partition(w, w.size - k)[w.size - k]) if k else float(w.max())
+    return out
+
+
+def lowered(layers: MaskedLayers, name: str, threshold: float) -> list[np.ndarray]:
+    """The layer's masks with every weight of |W| >= threshold switched on (none switched off)."""
+    return [np.maximum(m, (np.abs(w) >= threshold).astype(m.dtype))
+            for w, m in zip(layers.dense(name), layers.masks[name])]
+
+
+def restore_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: float,
+                           holdout_accuracy: Callable[[], float], retrain: Callable[[int], None],
+                           ratio: Callable[[], float], progress: Callable[[str], None] | None = None,
+                           ) -> dict[str, Any]:
+    """Run the guarantee on the live net; return its record (``reached`` says whether it met ``target``)."""
+    with layers.masked():
+        acc = holdout_accuracy()
+    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc}]
+    now = thresholds(layers)
+    while acc < target and len(steps) <= cfg.guarantee_max_steps:
+        best: tuple[float, int, str, list[np.ndarray], float] | None = None
+        for n in layers.names:
+            t = now[n] * cfg.guarantee_factor
+            new = lowered(layers, n, t)
+            restored = int(sum(np.count_nonzero(a) - np.count_nonzero(b) for a, b in zip(new, layers.masks[n])))
+            if restored == 0:
+                continue
+            old = [m.copy() for m in layers.masks[n]]
+            layers.set_masks(n, new)
+            with layers.masked():
+                cand = holdout_accuracy()
+            layers.set_masks(n, old)
+            gain = (cand - acc) / restored
+            key = (gain if cand > acc else -restored / 1e12, -restored)  # none helps: the fewest restored
+            if best is None or key > best[:2]:
+                best = (key[0], key[1], n, new, t)
+        if best is None:  # every threshold is at the bottom: nothing left to restore
+            break
+        _, _, name, new, t = best
+        layers.set_masks(name, new)
+        now[name] = t
+        retrain(cfg.guarantee_retrain)
+        with layers.masked():
+            acc = holdout_accuracy()
+        steps.append({"step": len(steps), "layer": name, "threshold": t, "ratio": ratio(), "holdout_accuracy": acc})
+        if progress:
+            progress(f"guarantee step {len(steps) - 1}: {name} threshold {t:.4g}, {ratio():.1f}x, "
+                     f"held-out {acc:.4f} (target {target:.4f})")
+    return {"target_holdout_accuracy": target, "reached": acc >= target, "steps": steps}
