@@ -1,7 +1,7 @@
 """What pruning buys when a model is shipped: bytes on disk and CPU inference time, per LeNet.
 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/deployment.py [results/lenet300100 results/lenet5]
-        [--rounds 21] [--threads 1] [--quick] [--out DIR]
+        [--rounds 51] [--threads 1] [--quick] [--out DIR]
 
 For the reference (results/references/<model>/) and the ``best/`` and ``lossless/`` models of each
 results folder (a missing one is named in the report), it writes ``<folder>/deployment.md`` and
@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 BATCHES = (1, 64)
+NAMES = {"lenet300100": "LeNet-300-100", "lenet5": "LeNet-5"}
 CHUNK_SECONDS = 0.02  # calls per timed chunk: enough to last about this long
 
 
@@ -80,7 +81,8 @@ class SparseForward:
     """Caffe's dense forward up to the first inner product, then CSR products in scipy.
 
     Activations are kept as (features, batch) so that each product is ``W @ A`` on a C-ordered
-    array, scipy's fastest path (one matrix-vector product at batch 1).
+    array, scipy's fastest path; at batch 1 a plain vector (a matrix-vector product). The input
+    blob's array is taken once: pycaffe builds a dict of every blob on each ``net.blobs``.
     """
 
     def __init__(self, deploy: Any, net: Any, model: Any) -> None:
@@ -89,12 +91,12 @@ class SparseForward:
         layers = [lay for lay in deploy.layer if lay.type != "Input"]
         first = next(i for i, lay in enumerate(layers) if lay.type == "InnerProduct")
         self.net, self.head = net, layers[first - 1].name if first else None
-        self.source = layers[first].bottom[0]
+        self.x = net.blobs[layers[first].bottom[0]].data  # a view: Caffe's forward writes into it
         self.ops: list[tuple[str, Any, Any]] = []
         for lay in layers[first:]:
             if lay.type == "InnerProduct":
                 w, b = model.layers[lay.name].blobs
-                self.ops.append(("ip", sp.csr_matrix(w.reshape(len(w), -1)), b.reshape(-1, 1)))
+                self.ops.append(("ip", sp.csr_matrix(w.reshape(len(w), -1)), b if len(self.x) == 1 else b[:, None]))
             elif lay.type in ("ReLU", "Softmax", "Dropout"):
                 self.ops.append((lay.type, None, None))
             else:
@@ -103,8 +105,8 @@ class SparseForward:
     def __call__(self) -> np.ndarray:
         if self.head:
             self.net.forward(end=self.head)
-        x = self.net.blobs[self.source].data
-        a = np.ascontiguousarray(x.reshape(len(x), -1).T)
+        x = self.x
+        a = x.reshape(-1) if len(x) == 1 else np.ascontiguousarray(x.reshape(len(x), -1).T)
         for kind, w, b in self.ops:
             if kind == "ip":
                 a = w @ a
@@ -114,7 +116,7 @@ class SparseForward:
             elif kind == "Softmax":
                 a = np.exp(a - a.max(axis=0))
                 a /= a.sum(axis=0)
-        return a.T
+        return a.reshape(1, -1) if len(x) == 1 else a.T
 
 
 def _session(path_or_bytes: str | bytes, threads: int) -> Any:
@@ -282,7 +284,7 @@ def _us(s: float) -> str:
 
 def render(model: str, r: dict[str, Any]) -> str:
     present = [k for k, v in r["models"].items() if v is not None]
-    lines = [f"# Shipping {model}: bytes on disk and CPU inference time", "",
+    lines = [f"# Shipping {NAMES.get(model, model)}: bytes on disk and CPU inference time", "",
              f"Made by `{r['command']}` on {r['date']}, in one process. Machine: {r['machine']['cpu']}, "
              f"{r['machine']['usable_cores']} usable cores, load average {r['machine']['load_before']:.2f} at the "
              f"start and {r['machine']['load_after']:.2f} at the end; {r['threads']} thread(s) for every library "
@@ -341,7 +343,7 @@ def render(model: str, r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="*", default=["results/lenet300100", "results/lenet5"])
-    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--rounds", type=int, default=51)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="3 rounds (a check of the report, not of the times)")
     ap.add_argument("--out", help="write DIR/<model>/deployment.{md,json} instead of into each folder")
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     from olmp import atomic, caffe_bridge, provenance
 
     caffe_bridge.caffe()
+    build_key = provenance.pycaffe_build_key() or "unknown"  # of the pycaffe this process loaded
     rounds = 3 if args.quick else args.rounds
     command = "python benchmarks/deployment.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for folder in args.folders:
@@ -367,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                              "machine": {"cpu": provenance.cpu_model(), "usable_cores": len(os.sched_getaffinity(0)),
                                          "load_before": os.getloadavg()[0], "python": platform.python_version()},
                              "versions": {p: _version(p) for p in ("numpy", "scipy", "onnx", "onnxruntime")}
-                             | {"pycaffe": provenance.pycaffe_build_key() or "unknown"},
+                             | {"pycaffe": build_key},
                              "models": {}, "absent": {}}
         images = test_images(net_path, max(BATCHES))
         with tempfile.TemporaryDirectory() as tmp:
