@@ -1,0 +1,124 @@
+"""The lossless levers on real short LeNet-300-100 runs: held-out accuracy, distillation, weight averaging,
+the no-loss guarantee.
+
+- the soft-target term's gradient is the derivative of its value (finite differences);
+- the levers start at prune_stop_iter, so a run with them has the masks of the same seed's run without;
+- distillation changes the retraining (the teacher's term reaches the gradient), averaging gives the mean
+  of the snapshots it took, and a run stopped inside the averaging window resumes to the same model;
+- the guarantee only adds weights back, records every step, and says whether it reached its target,
+  which is the reference's held-out accuracy (read before any step), never a test-set number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import experiment_300100, stop_then_resume, without_timing
+
+from olmp import config, distill, pipeline, weights
+
+HOLDOUT = """
+[retrain]
+holdout_source = "data/mnist/mnist_holdout5k_lmdb"
+"""
+LEVERS = """distill_weight = 0.5
+distill_temperature = 4.0
+average_last = 60
+average_every = 20
+guarantee = {guarantee}
+guarantee_retrain = 20
+guarantee_max_steps = 3
+"""
+
+
+def experiment(tmp: Path, weights_path: Path, name: str, levers: bool, guarantee: bool = True) -> config.Experiment:
+    text = experiment_300100(weights_path, name=name, seed=2, niter=161, prune_stop=100, record_every=40,
+                             checkpoint_every=50, every=50, population=4, budget=12)
+    text = text.replace("solvers/lenet300100_solver.prototxt", "solvers/lenet300100_holdout_solver.prototxt")
+    text = text.replace("models/lenet300100/train_test.prototxt", "models/lenet300100/train_test_holdout.prototxt")
+    text += HOLDOUT + (LEVERS.format(guarantee=str(guarantee).lower()) if levers else "")
+    path = tmp / f"{name}.toml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def masks_of(model: Path) -> dict[str, np.ndarray]:
+    return {n: (lay.blobs[0] != 0) for n, lay in weights.read_caffemodel(model).layers.items() if lay.blobs}
+
+
+def test_soft_target_gradient_is_the_derivative_of_its_value() -> None:
+    rng = np.random.default_rng(3)
+    student, teacher = rng.normal(0, 2, (5, 10)), rng.normal(0, 2, (5, 10))
+    loss, grad = distill.soft_target_loss(student, teacher, temperature=3.0, weight=0.7)
+    assert loss > 0 and distill.soft_target_loss(teacher, teacher, 3.0, 0.7)[0] == pytest.approx(0, abs=1e-12)
+    eps = 1e-4
+    for i, j in [(0, 0), (2, 5), (4, 9)]:
+        up, down = student.copy(), student.copy()
+        up[i, j] += eps
+        down[i, j] -= eps
+        numeric = (distill.soft_target_loss(up, teacher, 3.0, 0.7)[0]
+                   - distill.soft_target_loss(down, teacher, 3.0, 0.7)[0]) / (2 * eps)
+        assert grad[i, j] == pytest.approx(numeric, rel=1e-3, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, lenet300100_model: Path) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("lossless")
+    out = {}
+    for name, levers in (("plain", False), ("levers", True)):
+        out[name] = tmp / name
+        pipeline.prune(experiment(tmp, lenet300100_model, name, levers), out[name], progress=False)
+    return out
+
+
+def test_levers_keep_the_masks_of_the_plain_run(runs: dict[str, Path]) -> None:
+    plain = masks_of(runs["plain"] / "pruned.caffemodel")
+    before_guarantee = masks_of(runs["levers"] / "final.caffemodel")
+    assert plain.keys() == before_guarantee.keys()
+    for n in plain:
+        assert np.array_equal(plain[n], before_guarantee[n]), n
+    a = json.loads((runs["plain"] / "record.json").read_text())
+    b = json.loads((runs["levers"] / "record.json").read_text())
+    assert without_timing(a)["searches"] == without_timing(b)["searches"]
+    # the reference's held-out accuracy is read before any step, the same for both
+    assert a["reference"]["holdout"] == b["reference"]["holdout"]
+    assert a["reference"]["holdout"]["images"] == 5000
+
+
+def test_distillation_and_averaging_change_the_retraining(runs: dict[str, Path]) -> None:
+    plain = weights.read_caffemodel(runs["plain"] / "pruned.caffemodel")
+    levers = weights.read_caffemodel(runs["levers"] / "final.caffemodel")
+    assert any(not np.array_equal(plain.layers[n].blobs[0], levers.layers[n].blobs[0]) for n in plain.layers
+               if plain.layers[n].blobs)
+    rec = json.loads((runs["levers"] / "record.json").read_text())
+    assert rec["averaging"]["snapshots"] == 60 // 20  # iterations 100, 120, 140 ... of 161: the last 60, every 20
+    assert set(rec["averaging"]["last_iterate"]) == {"test", "holdout"}
+
+
+def test_the_guarantee_only_restores_and_says_whether_it_reached(runs: dict[str, Path]) -> None:
+    rec = json.loads((runs["levers"] / "record.json").read_text())
+    g = rec["guarantee"]
+    assert g["target_holdout_accuracy"] == rec["reference"]["holdout"]["accuracy"]
+    ratios = [s["ratio"] for s in g["steps"]]
+    assert ratios == sorted(ratios, reverse=True) and len(g["steps"]) <= 1 + 3
+    assert g["reached"] == (rec["final"]["holdout"]["accuracy"] >= g["target_holdout_accuracy"])
+    assert g["steps"][-1]["holdout_accuracy"] == rec["final"]["holdout"]["accuracy"]
+    before, after = masks_of(runs["levers"] / "final.caffemodel"), masks_of(runs["levers"] / "pruned.caffemodel")
+    for n in before:  # weights come back, none go
+        assert not np.any(before[n] & ~after[n]), n
+    kept = sum(int(m.sum()) for m in after.values())
+    total = sum(m.size for m in after.values())
+    assert rec["final"]["ratio"] == pytest.approx(total / kept, rel=0.02)  # biases are counted too
+
+
+def test_a_run_stopped_inside_the_averaging_window_resumes_to_the_same_model(
+        tmp_path: Path, lenet300100_model: Path, runs: dict[str, Path]) -> None:
+    exp = experiment(runs["levers"].parent, lenet300100_model, "levers", True)  # the same file, the same settings
+    # the checkpoint at 150 holds the sums of the snapshots at 120 and 140; the resume takes the one at 160
+    rec = stop_then_resume(exp, tmp_path / "resumed", stop_at=155)
+    assert (tmp_path / "resumed" / "pruned.caffemodel").read_bytes() == \
+        (runs["levers"] / "pruned.caffemodel").read_bytes()
+    assert without_timing(rec) == without_timing(json.loads((runs["levers"] / "record.json").read_text()))
