@@ -70,7 +70,7 @@ def test_images(net_path: Path, count: int) -> np.ndarray:
     from olmp import caffe_bridge, prototxt
 
     net = caffe_bridge.make_net(prototxt.read_net(net_path), "test", source=net_path)
-    out = []
+    out: list[np.ndarray] = []
     while sum(len(x) for x in out) < count:
         net.forward()
         out.append(net.blobs["data"].data.copy())
@@ -128,6 +128,10 @@ def _session(path_or_bytes: str | bytes, threads: int) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # the contrib op's output shape is unknown to ONNX: a warning per run
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+
+
+def _runner(sess: Any, x: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: sess.run(None, {"data": x})[0]
 
 
 def csr_kernel(onnx_path: Path, threads: int, x: np.ndarray) -> Callable[[], np.ndarray] | None:
@@ -243,8 +247,7 @@ def measure_model(name: str, net_path: Path, weights_path: Path, images: np.ndar
         for key, f in (("ort", files["onnx"]), ("ort_sparse_init", files["onnx_sparse"])):
             if key == "ort_sparse_init" and not n_sparse:
                 continue  # the same file as the dense one
-            sess = _session(str(f), threads)
-            fns[key] = lambda sess=sess, x=x: sess.run(None, {"data": x})[0]
+            fns[key] = _runner(_session(str(f), threads), x)
         fns["scipy_csr"] = SparseForward(deploy, net, model)
         kernel = csr_kernel(files["onnx"], threads, x)
         if kernel is not None:

@@ -249,7 +249,7 @@ def _eltwise(g: _Graph, layer: Any, xs: list[str]) -> None:
     if p.operation == pb.SUM:
         coeff = list(p.coeff) or [1.0] * len(xs)
         if any(c != 1.0 for c in coeff):
-            xs = [x if c == 1.0 else g.node("Mul", [x, g.tensor(f"{layer.name}_c{i}", np.float32(c))],
+            xs = [x if c == 1.0 else g.node("Mul", [x, g.tensor(f"{layer.name}_c{i}", np.array(c, dtype=np.float32))],
                                               f"{layer.name}_scaled{i}")
                   for i, (x, c) in enumerate(zip(xs, coeff))]
         g.node("Sum", xs, layer.top[0])
@@ -402,6 +402,9 @@ def export(net_path: str | Path, weights_path: str | Path, out: str | Path, batc
     """``olmp export --onnx``: write the checked model to ``out`` (atomically)."""
     out = Path(out)
     atomic.check_target(out)  # a device, a FIFO or an unwritable folder: before any work
+    for src in (prototxt.resolve_path(net_path), Path(weights_path)):
+        if out.is_file() and src.is_file() and out.samefile(src):
+            raise OlmpError(f"is the input {src}; give another output file", out)
     onnx_model, summary = build(net_path, weights_path, batch=batch, sparse=sparse)
     atomic.write_bytes(out, onnx_model.SerializeToString())
     return {"out": str(out), "bytes": out.stat().st_size, **summary}
