@@ -210,7 +210,12 @@ def test_deployment_benchmark_reports_what_it_measured(tmp_path: Path, mnist_dir
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "lenet300100" / "deployment.json").read_text())
-    assert res["models"]["lossless"] is None and "absent" in res["absent"]["lossless"]
+    md = (tmp_path / "lenet300100" / "deployment.md").read_text()
+    if (REPO / "results" / "lenet300100" / "lossless" / "pruned.caffemodel").is_file():
+        assert res["models"]["lossless"]["batches"]
+    else:
+        assert res["models"]["lossless"] is None and "absent" in res["absent"]["lossless"]
+        assert "| lossless | absent (no `results/lenet300100/lossless/pruned.caffemodel` yet) |" in md
     ref, best = res["models"]["reference"], res["models"]["best"]
     assert ref["ratio"] == 1.0 and best["ratio"] > 100
     for m in (ref, best):
@@ -224,7 +229,6 @@ def test_deployment_benchmark_reports_what_it_measured(tmp_path: Path, mnist_dir
                 assert method["vs_pycaffe"] == pytest.approx(row["pycaffe"]["seconds"] / method["seconds"], rel=1e-9)
     assert best["bytes"]["onnx_sparse"] < best["bytes"]["onnx"] / 10 and "ort_csr" in best["batches"]["1"]
     assert ref["sparse_initializers"] == 0 and "ort_csr" not in ref["batches"]["1"]  # nothing to gain: not offered
-    md = (tmp_path / "lenet300100" / "deployment.md").read_text()
     row = best["batches"]["1"]
     assert (f"| best | 1 | 1 ({row['pycaffe']['seconds'] * 1e6:.1f} µs) | {row['ort']['vs_pycaffe']:.2f}x |" in md
             or f"| best | 1 | 1 ({row['pycaffe']['seconds'] * 1e6:,.0f} µs) | {row['ort']['vs_pycaffe']:.2f}x |" in md)
