@@ -51,8 +51,9 @@ def test_set_size(net_param: Any) -> int:
     raise OlmpError("net has no TEST-phase Data layer to evaluate on")
 
 
-def evaluate_net(net: Any, images: int) -> dict[str, Any]:
-    """Run a TEST-phase net over ``images`` images from its data layer's start position."""
+def evaluate_net(net: Any, images: int, where: str | Path | None = None) -> dict[str, Any]:
+    """Run a TEST-phase net over ``images`` images from its data layer's start position; ``where``
+    (the net's file) is named when a label does not index the net's outputs."""
     logits_name, label_name = loss_inputs(net)
     right = 0
     loss_sum = 0.0
@@ -65,6 +66,10 @@ def evaluate_net(net: Any, images: int) -> dict[str, Any]:
         if take <= 0:  # an empty batch would never finish the loop
             raise OlmpError("the net's TEST batch is empty")
         logits, labels = logits[:take], labels[:take]
+        classes = int(np.prod(logits.shape[1:]))
+        if take and not (labels.min() >= 0 and labels.max() < classes):
+            raise OlmpError(f"a test label ({labels.min():g} to {labels.max():g}) does not index the net's "
+                            f"{classes} outputs: the data and the net's last layer disagree", where)
         right += correct(logits, labels)
         loss_sum += _cross_entropy_sum(logits, labels)
         seen += take
@@ -79,4 +84,4 @@ def evaluate(net_path: str | Path, weights_path: str | Path) -> dict[str, Any]:
     images = test_set_size(net_param)
     net = caffe_bridge.make_net(net_param, "test", source=net_path)
     weights.load_into(net, model)
-    return evaluate_net(net, images)
+    return evaluate_net(net, images, prototxt.resolve_path(net_path))
