@@ -2,8 +2,8 @@
 
 Each configuration runs in its own subprocess (Caffe reads its environment once per process) on a real
 net of odd shapes: a strided, padded, grouped convolution, a 1x1 one, a dilated one, and pooling of
-every kind the fast loops take (2x2/2 max, overlapping 3x3/2 max, 2x2/2 average) and one they leave to
-Caffe (padded max, whose windows are clipped). The reference is Caffe's own code: no group, one thread,
+every kind the fast loops take (2x2/2 max with and without a mask top, overlapping 3x3/1 max and average, 2x2/2 average) and one they leave to
+Caffe (padded max, and max whose last window runs past the edge). The reference is Caffe's own code: no group, one thread,
 and ``OLMP_CAFFE_LOOPS=1`` (Caffe's pooling loops).
 - the fast pooling loops are Caffe's results bit for bit;
 - batched convolution agrees with Caffe's within float tolerance (the GEMM sums in another order),
@@ -26,19 +26,27 @@ from test_openmp_conv import CHILD as LENET_CHILD
 
 NET = """
 name: "odd"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 7 dim: 4 dim: 13 dim: 11 } } }
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 7 dim: 4 dim: 12 dim: 10 } } }
 layer { name: "conv_a" type: "Convolution" bottom: "data" top: "conv_a"
   convolution_param { num_output: 6 kernel_size: 3 pad: 1 stride: 2 group: 2 } }
 layer { name: "conv_b" type: "Convolution" bottom: "data" top: "conv_b" convolution_param { num_output: 5 kernel_size: 1 } }
 layer { name: "conv_c" type: "Convolution" bottom: "data" top: "conv_c"
   convolution_param { num_output: 3 kernel_h: 3 kernel_w: 2 dilation: 2 bias_term: false } }
 layer { name: "pool_max" type: "Pooling" bottom: "conv_b" top: "pool_max" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
-layer { name: "pool_max3" type: "Pooling" bottom: "conv_b" top: "pool_max3" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "pool_ave" type: "Pooling" bottom: "conv_c" top: "pool_ave" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "pool_max_s1" type: "Pooling" bottom: "conv_b" top: "pool_max_s1" pooling_param { pool: MAX kernel_size: 3 stride: 1 } }
+layer { name: "pool_mask" type: "Pooling" bottom: "conv_b" top: "pool_mask" top: "pool_mask_idx"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "pool_ave" type: "Pooling" bottom: "conv_b" top: "pool_ave" pooling_param { pool: AVE kernel_size: 2 stride: 2 } }
+layer { name: "pool_ave_s1" type: "Pooling" bottom: "conv_c" top: "pool_ave_s1" pooling_param { pool: AVE kernel_size: 3 stride: 1 } }
+layer { name: "pool_over" type: "Pooling" bottom: "conv_b" top: "pool_over" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
 layer { name: "pool_pad" type: "Pooling" bottom: "conv_a" top: "pool_pad" pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
 """
-TOPS = ("conv_a", "conv_b", "conv_c", "pool_max", "pool_max3", "pool_ave", "pool_pad")
-POOLS = {"pool_max": "conv_b", "pool_max3": "conv_b", "pool_ave": "conv_c"}  # fast loops -> their input
+# pool_over (the last window runs past the edge: ceil mode) and pool_pad (padding) take Caffe's own loops
+TOPS = ("conv_a", "conv_b", "conv_c", "pool_max", "pool_max_s1", "pool_mask", "pool_mask_idx", "pool_ave",
+        "pool_ave_s1", "pool_over", "pool_pad")
+# the fast loops (no padding, every window inside) -> their input
+POOLS = {"pool_max": "conv_b", "pool_max_s1": "conv_b", "pool_mask": "conv_b", "pool_ave": "conv_b",
+         "pool_ave_s1": "conv_c"}
 
 CHILD = """
 import sys, tempfile
