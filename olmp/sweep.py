@@ -608,7 +608,13 @@ def _start_ray(address: str | None, max_parallel: int | None) -> Any:
         except OSError as exc:
             raise OlmpError(f"cannot reach the Ray cluster ({exc.strerror or exc}); is `ray start --head` "
                             "running there?", address) from None
-    env = {"env_vars": {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}}
+    # runs at once share the cores: each gets its share of OpenMP threads (the results do not depend on
+    # the count, only the speed: Caffe patch 0012); oversubscribed threads wait for each other
+    from olmp import caffe_bridge  # noqa: PLC0415  (pycaffe is not imported for this)
+
+    share = max(1, caffe_bridge.usable_cores() // max(1, max_parallel or caffe_bridge.usable_cores()))
+    env = {"env_vars": {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+                        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(share))}}
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR,
                           "runtime_env": env}
     try:
