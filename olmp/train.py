@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from olmp import atomic, caffe_bridge, evaluate, prototxt, weights
@@ -14,17 +15,27 @@ from olmp.errors import OlmpError
 
 CHUNK = 100  # solver steps between progress updates
 WEIGHT_LIMIT = 1e8  # |w| beyond this means divergence: stop before a NaN reaches Caffe
+# a blob's sum of squares below this proves every |w| < WEIGHT_LIMIT: any |w| >= 1e8 puts a term >= 1e16 in it
+SQUARES_LIMIT = WEIGHT_LIMIT**2 / 10
 
 
 def divergence(net: Any, layers: Any = None) -> str | None:
     """What diverged in the last step (loss, max |w| of ``layers`` or all), or None.
 
     Checked after every step: a NaN weight must never reach the next forward, since Caffe's
-    max-pool backward then writes out of bounds. max and min avoid allocating |W| per step.
+    max-pool backward then writes out of bounds. One BLAS pass per blob decides the usual case:
+    the sum of squares is NaN or inf when any weight is, and never below its largest term
+    (adding non-negative floats never rounds below an addend). Only a sum at or over
+    SQUARES_LIMIT takes the exact max/min check, which also names the largest |w|.
     """
     loss = float(net.blobs["loss"].data)
     names = list(net.params) if layers is None else layers
-    big = max(max(float(b.data.max()), -float(b.data.min())) for n in names for b in net.params[n])
+    blobs = [b.data.reshape(-1) for n in names for b in net.params[n]]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing square goes to the exact check
+        if math.isfinite(loss) and all(float(w @ w) < SQUARES_LIMIT for w in blobs):
+            return None
+    each = [max(float(w.max()), -float(w.min())) for w in blobs]
+    big = math.nan if any(math.isnan(x) for x in each) else max(each)  # a NaN in any blob, not only the first
     if math.isfinite(loss) and big < WEIGHT_LIMIT:
         return None
     return f"loss {loss}, max |w| {big:.3g}"

@@ -69,3 +69,31 @@ def test_diverging_training_stops_before_a_nan_reaches_max_pooling(tmp_path: Pat
     err = _one_line(r, solver.name, "diverged at iteration", "lower base_lr")
     assert int(err.split("iteration ")[1].split()[0]) <= 3
     assert not (tmp_path / "o" / "model.caffemodel").exists()
+
+
+def test_every_bad_weight_in_every_blob_is_caught(lenet300100_model: Path) -> None:
+    """The one-pass check against the exact max |w| rule, on a real net: a NaN, an inf, a weight at the
+    limit or one whose square overflows, in any blob (not only the first), and a large but legal weight."""
+    import math
+
+    import numpy as np
+
+    from olmp import caffe_bridge, prototxt, train
+
+    net = caffe_bridge.make_net(prototxt.read_net("models/lenet300100/train_test.prototxt"), "test")
+    weights.load_weights(net, lenet300100_model)
+    net.forward()
+    assert train.divergence(net) is None
+    blobs = [b.data for n in net.params for b in net.params[n]]
+    for blob in (blobs[0], blobs[3], blobs[-1]):
+        saved = blob.flat[0]
+        for bad in (np.nan, np.inf, -np.inf, train.WEIGHT_LIMIT, -3e19):
+            blob.flat[0] = bad
+            why = train.divergence(net)
+            assert why is not None and "max |w|" in why, (blob.shape, bad)
+            assert train.divergence(net, list(net.params)[::-1]) is not None
+        for legal in (train.WEIGHT_LIMIT / 2, -9.9e7):  # sum of squares over SQUARES_LIMIT, yet no |w| over the limit
+            blob.flat[0] = legal
+            assert legal**2 >= train.SQUARES_LIMIT and train.divergence(net) is None
+        blob.flat[0] = saved
+    assert train.divergence(net) is None and math.isfinite(float(net.blobs["loss"].data))
