@@ -201,13 +201,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         atomic,
         distributions,
         figures,
+        lossless_report,
         reports,
     )
 
     if not args.dirs and not args.references:
         raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
     names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
-    names += distributions.OUTPUTS
+    names += distributions.OUTPUTS + [lossless_report.OUTPUT]
     for d in args.dirs:  # every output and every input checked before the first file is written
         for name in names:
             atomic.check_target(Path(d) / name)
@@ -221,7 +222,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for d in args.dirs:
         res = reports.write_runs_table(d)
         figs = sorted({p.stem for p in figures.write_report_figures(d)})
-        more = [p.name for p in distributions.write_reports(d)]
+        more = [p.name for p in [*distributions.write_reports(d), lossless_report.write(d)] if p is not None]
         print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/"
               + (f", {'/'.join(figs)} .png/.svg" if figs else "") + "".join(f", {n}" for n in more))
     return 0

@@ -122,3 +122,27 @@ def test_a_run_stopped_inside_the_averaging_window_resumes_to_the_same_model(
     assert (tmp_path / "resumed" / "pruned.caffemodel").read_bytes() == \
         (runs["levers"] / "pruned.caffemodel").read_bytes()
     assert without_timing(rec) == without_timing(json.loads((runs["levers"] / "record.json").read_text()))
+
+
+def test_the_lossless_table_reads_the_records(tmp_path: Path, runs: dict[str, Path]) -> None:
+    import shutil
+
+    from olmp import lossless_report
+
+    model = tmp_path / "lenet300100"
+    for name, folder in runs.items():
+        shutil.copytree(folder, model / name)
+    assert lossless_report.write(model) == model / "lossless.md"
+    text = (model / "lossless.md").read_text()
+    plain = json.loads((runs["plain"] / "record.json").read_text())
+    levers = json.loads((runs["levers"] / "record.json").read_text())
+    row = next(line for line in text.splitlines() if line.startswith("| 2 |")).split(" | ")
+    f, b = plain["final"], levers["guarantee"]["before"]
+    assert row[1] == f"{f['ratio']:.1f}x {100 * f['test']['accuracy']:.2f}% ({100 * f['holdout']['accuracy']:.2f}%)"
+    assert row[2] == row[3] == "-"  # no single-lever runs here
+    assert row[4] == f"{b['ratio']:.1f}x {100 * b['test']['accuracy']:.2f}% ({100 * b['holdout']['accuracy']:.2f}%)"
+    lf = levers["final"]
+    assert row[5] == f"{lf['ratio']:.1f}x {100 * lf['test']['accuracy']:.2f}% ({100 * lf['holdout']['accuracy']:.2f}%)"
+    assert row[6] == str(len(levers["guarantee"]["steps"]) - 1)
+    delta = 100 * (b["test"]["accuracy"] - f["test"]["accuracy"])
+    assert f"{delta:+.2f} points" in text
