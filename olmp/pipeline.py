@@ -105,7 +105,10 @@ class Pipeline:
                 self.chunks = chunk_nets(self.eval_net, self._eval_net_param, self.eval_param, exp.search.chunks)
             except ValueError as exc:
                 raise OlmpError(str(exc), exp.source) from None
-        self.holdout_net, self.holdout_images = self._holdout_net() if exp.retrain.holdout_source else (None, 0)
+        self.holdout_net: Any = None
+        self.holdout_images = 0
+        if exp.retrain.holdout_source:
+            self.holdout_net, self.holdout_images = self._holdout_net()
         self.average = WeightAverage(self.net) if exp.retrain.averages else None
         self.draws = MODES[exp.mode].draws(exp.seed)
         self.test_batches = 0
@@ -178,6 +181,12 @@ class Pipeline:
         with self.layers.masked():
             return evaluate.evaluate_net(self.holdout_net, self.holdout_images, self.exp.retrain.holdout_source)
 
+    def _holdout_accuracy(self) -> float:
+        held = self.holdout()
+        if held is None:
+            raise OlmpError("no held-out images (retrain.holdout_source)", self.exp.source)
+        return float(held["accuracy"])
+
     def _teacher(self) -> distill.Teacher:
         """The dense reference as a TEST-phase net fed the student's minibatch (olmp/distill.py)."""
         pb = caffe_bridge.caffe_pb2()
@@ -210,7 +219,7 @@ class Pipeline:
 
         g = guarantee.restore_until_lossless(
             self.layers, self.exp.retrain, self.record["reference"]["holdout"]["accuracy"],
-            lambda: self.holdout()["accuracy"], retrain, self.ratio, say)
+            lambda: self._holdout_accuracy(), retrain, self.ratio, say)
         self.guarantee_seconds = time.perf_counter() - t0
         return {**g, "before": before}
 
@@ -327,7 +336,7 @@ class Pipeline:
             start = self._resume()
         else:
             reference_test = self.test()
-            reference = {"weights": exp.weights, "test": reference_test,
+            reference: dict[str, Any] = {"weights": exp.weights, "test": reference_test,
                          "stats": {n: vars(st) for n, st in self.stats.items()}}
             if self.holdout_net is not None:
                 reference["holdout"] = self.holdout()  # the guarantee's target; read before any step
@@ -364,7 +373,7 @@ class Pipeline:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
                          "test_accuracy": self.test()["accuracy"], **self.policy.fields()}
                 if self.holdout_net is not None:
-                    entry["holdout_accuracy"] = self.holdout()["accuracy"]
+                    entry["holdout_accuracy"] = self._holdout_accuracy()
                 self.record["progress"].append(entry)
                 bar.set_postfix(ratio=f"{entry['ratio']:.1f}x", batch=f"{entry['batch_accuracy']:.3f}",
                                 test=f"{entry['test_accuracy']:.4f}")
