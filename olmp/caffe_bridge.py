@@ -188,7 +188,8 @@ def _in_child(work: Callable[[], object], seconds: float, swallow: bool) -> tupl
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                return None, ""
+                log.seek(0)
+                return None, log.read().decode("utf-8", "replace")
             time.sleep(pause)
             pause = min(pause * 1.5, 0.1)
         log.seek(0)
@@ -209,6 +210,8 @@ def probe(build: Callable[[], object], where: str) -> None:
 
     seconds = float(os.environ.get("OLMP_PROBE_SECONDS", PROBE_SECONDS))
     code, log = _in_child(build, seconds, swallow=True)
+    if code is None and BUILT in log:
+        return  # built; only the first training step after it is slow (a large net), not stuck
     if code is None:
         raise OlmpError(f"Caffe did not finish building the net within {seconds:.0f} s "
                         "(a batch or layer too large for this machine?)", where)
@@ -252,8 +255,24 @@ def _free_bytes(folder: Path) -> int:
         return 0
 
 
-def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN001, ANN202
-    """pycaffe only takes file names: hand it a resolved copy (probed first), then remove it."""
+BUILT = "olmp-probe: built"  # the probe child's line between the build and its first step
+
+
+def _built_then(build: Callable[[], object], then: Callable[[object], object] | None) -> Callable[[], None]:
+    """The probe child's work: the build, the BUILT line, then ``then`` (a solver's first step)."""
+    def work() -> None:
+        made = build()
+        os.write(2, f"\n{BUILT}\n".encode())
+        if then is not None:
+            then(made)
+    return work
+
+
+def _with_temp_prototxt(message: object, build, where: str | None, then=None):  # noqa: ANN001, ANN202
+    """pycaffe only takes file names: hand it a resolved copy (probed first), then remove it.
+
+    ``then`` runs on the probe's build too: a solver takes its first step there, since Caffe checks
+    some settings (labels, a dropout ratio, the regularization) only once data flows."""
     from google.protobuf import text_format  # noqa: PLC0415
 
     global _built
@@ -261,7 +280,7 @@ def _with_temp_prototxt(message: object, build, where: str | None):  # noqa: ANN
         fh.write(text_format.MessageToString(message))
         fh.flush()
         if not _built and _gpu is None:  # CUDA does not survive a fork: no probe on the GPU
-            probe(lambda: build(fh.name), where or getattr(message, "name", "") or "net")
+            probe(_built_then(lambda: build(fh.name), then), where or getattr(message, "name", "") or "net")
         _built = True
         return build(fh.name)
 
@@ -279,7 +298,8 @@ def make_net(net_param: object, phase: str = "test", source: str | os.PathLike |
 def make_solver(solver_param: object, source: str | os.PathLike | None = None):  # noqa: ANN201
     """A Caffe solver of the prototxt's type from a checked SolverParameter; ``source`` names it in errors."""
     c = caffe()
-    return _with_temp_prototxt(solver_param, c.get_solver, None if source is None else str(source))
+    return _with_temp_prototxt(solver_param, c.get_solver, None if source is None else str(source),
+                               then=lambda solver: solver.step(1))
 
 
 def restore_solver(solver: object, state: object) -> None:

@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from olmp import train
 
     res = train.train(paths.from_cwd(args.solver), iters=args.iters, out=args.out, seed=args.seed,
-                      progress=not args.quiet, force=args.force)
+                      progress=not args.quiet, force=args.force, require_progress=True)
     _print_json(res, True, lambda r: f"saved {r['model']}: test accuracy {r['test']['accuracy']:.4f} "
                 f"after {r['iters']} iterations ({r['train_seconds']:.0f} s)")
     return 0
@@ -167,6 +167,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out = args.out or paths.default_run_folder(exp.name, name, exp.source.split(" --set ")[0] or None)
     rec = pipeline.prune(exp, out, resume=args.resume, progress=not args.quiet)
     f = rec["final"]
+    from olmp import caffe_bridge, prototxt, train
+
+    classes = prototxt.loss_classes(prototxt.read_solver(exp.solver).net_param, caffe_bridge.caffe_pb2().TEST)
+    if train.chance(f["test"]["accuracy"], f["test"].get("images", 0), classes):
+        raise OlmpError(f"pruning collapsed the test accuracy to {f['test']['accuracy']:.4f}, chance level for "
+                        f"{classes} classes; record.json and pruned.caffemodel are kept for inspection", out)
     summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
                "test_accuracy": f["test"]["accuracy"], "reference_accuracy": rec["reference"]["test"]["accuracy"]}
     _print_json(summary, True, lambda r: f"{r['out']}: {r['ratio']:.1f}x ({r['remaining']}/{r['total']}), "

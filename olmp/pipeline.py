@@ -84,7 +84,7 @@ class Pipeline:
         self.reference = weights.load_weights(self.net, prototxt.resolve_path(exp.weights))
         # mu_l, sigma_l: computed once from the reference (dense) model
         self.stats: dict[str, LayerStats] = {
-            n: layer_stats(*[b.data for b in self.net.params[n]][:2]) for n in exp.layers
+            n: layer_stats(*([b.data for b in self.net.params[n]][:2] + [None])[:2]) for n in exp.layers
         }
         policy_class = POLICIES[exp.method]
         self.layers = MaskedLayers(self.net, exp.layers, straight_through=policy_class.straight_through)

@@ -8,6 +8,8 @@ prototxt works from any working directory.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import os
 from pathlib import Path
@@ -21,6 +23,7 @@ from olmp.errors import OlmpError
 PRUNABLE_TYPES = ("Convolution", "InnerProduct")
 _DATA_PARAMS = ("data_param", "hdf5_data_param", "image_data_param")
 SOLVER_TYPES = ("SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam")
+REGULARIZATION = ("L2", "L1")  # Caffe's SGDSolver::Regularize aborts on any other at the first step
 # Caffe's learning-rate policies and the settings each divides by or needs (sgd_solver.cpp)
 LR_POLICIES: dict[str, tuple[str, ...]] = {
     "fixed": (), "step": ("stepsize",), "exp": ("gamma",), "inv": ("gamma", "power"),
@@ -137,6 +140,10 @@ def check_solver(solver: Any, path: str | Path) -> None:
             fail(f"{name} must be a finite number >= 0, got {value}")
     if solver.momentum >= 1:
         fail(f"momentum must be < 1, got {solver.momentum}")
+    if solver.regularization_type not in REGULARIZATION:
+        fail(f"unknown regularization_type '{solver.regularization_type}' (choose from {', '.join(REGULARIZATION)})")
+    if solver.iter_size < 1:
+        fail(f"iter_size must be >= 1, got {solver.iter_size}")
     if len(solver.test_iter) != 1 or solver.test_iter[0] <= 0:
         fail("needs one test_iter > 0: Caffe builds the net's TEST phase, where olmp evaluates, only with it")
 
@@ -175,10 +182,13 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
         raise OlmpError("net has no layers", path)
     known = set(caffe_bridge.layer_types())
     for layer in net.layer:
+        if any(ord(c) < 32 or ord(c) == 127 for c in layer.name + "".join(layer.top) + "".join(layer.bottom)):
+            raise OlmpError(f"layer {layer.name!r} has a control character in its name, a top or a bottom", path)
         if not layer.type:
             raise OlmpError(f"layer '{layer.name}' has no type", path)
         if layer.type not in known:
             raise OlmpError(f"layer '{layer.name}' has unknown type '{layer.type}'", path)
+        _check_layer_params(layer, path)
     for phase in (pb.TRAIN, pb.TEST):
         produced: set[str] = set(net.input)
         for layer in layers_in_phase(net, phase):
@@ -215,6 +225,81 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
             n_out = (layer.convolution_param if layer.type == "Convolution" else layer.inner_product_param).num_output
             if n_out <= 0:
                 raise OlmpError(f"layer '{layer.name}' has num_output {n_out}", path)
+    if check_sources:
+        for phase in (pb.TRAIN, pb.TEST):
+            check_labels(net, phase, path)
+
+
+def _check_layer_params(layer: Any, path: str | Path) -> None:
+    """Settings Caffe takes at build time and aborts on (or hangs with) only once data flows."""
+    if layer.type == "Dropout" and not 0 <= layer.dropout_param.dropout_ratio < 1:
+        raise OlmpError(f"layer '{layer.name}' dropout_ratio must be in [0, 1), got "
+                        f"{layer.dropout_param.dropout_ratio}", path)
+    if layer.HasField("data_param") and layer.data_param.prefetch < 1:
+        raise OlmpError(f"layer '{layer.name}' prefetch must be >= 1 (batches read ahead), got "
+                        f"{layer.data_param.prefetch}", path)
+    if layer.type == "Python":
+        module, name = layer.python_param.module, layer.python_param.layer
+        try:
+            found = getattr(importlib.import_module(module), name, None) if module else None
+        except Exception as exc:  # noqa: BLE001 - the user's module: whatever importing it raises
+            raise OlmpError(f"layer '{layer.name}': its Python module '{module}' does not import "
+                            f"({type(exc).__name__}: {exc})", path) from None
+        if found is None:
+            raise OlmpError(f"layer '{layer.name}': Python layer '{name}' not found in module '{module}'", path)
+
+
+@functools.lru_cache(maxsize=16)
+def label_range(source: str) -> tuple[int, int]:
+    """The smallest and largest label of an LMDB data source (read once per process)."""
+    import lmdb  # noqa: PLC0415
+
+    datum = caffe_bridge.caffe_pb2().Datum()
+    lo, hi = 0, -1
+    with lmdb.open(source, readonly=True, lock=False) as env, env.begin() as txn:
+        for i, (_, value) in enumerate(txn.cursor()):
+            try:
+                datum.ParseFromString(value)
+            except Exception:  # noqa: BLE001 - Caffe's own reader reports a record it cannot parse
+                continue
+            lo, hi = (datum.label, datum.label) if i == 0 else (min(lo, datum.label), max(hi, datum.label))
+    return lo, hi
+
+
+def loss_classes(net: Any, phase: int) -> int | None:
+    """The outputs the SoftmaxWithLoss layer reads: the num_output of the Convolution or InnerProduct
+    layer computing its first bottom; None where another layer type computes it."""
+    layers = layers_in_phase(net, phase)
+    loss = next((lay for lay in layers if lay.type == "SoftmaxWithLoss" and lay.bottom), None)
+    if loss is None:
+        return None
+    made = [lay for lay in layers if loss.bottom[0] in lay.top and loss.bottom[0] not in lay.bottom]
+    if not made or made[-1].type not in PRUNABLE_TYPES:
+        return None
+    last = made[-1]
+    return int((last.convolution_param if last.type == "Convolution" else last.inner_product_param).num_output)
+
+
+def check_labels(net: Any, phase: int, path: str | Path) -> None:
+    """Labels must index the outputs the loss reads: Caffe's release build does not check them and
+    aborts or reads past its buffers. The classes are the num_output of the layer computing the loss's
+    first bottom (where it is a Convolution or InnerProduct); the labels come from the LMDB source of
+    the Data layer giving its second."""
+    layers = layers_in_phase(net, phase)
+    loss = next((lay for lay in layers if lay.type == "SoftmaxWithLoss" and len(lay.bottom) >= 2), None)
+    if loss is None:
+        return
+    made = [lay for lay in layers if loss.bottom[0] in lay.top and loss.bottom[0] not in lay.bottom]
+    data = [lay for lay in layers if loss.bottom[1] in lay.top and lay.type == "Data" and lay.data_param.source]
+    if not made or made[-1].type not in PRUNABLE_TYPES or not data or not Path(data[-1].data_param.source).is_dir():
+        return
+    last = made[-1]
+    classes = (last.convolution_param if last.type == "Convolution" else last.inner_product_param).num_output
+    lo, hi = label_range(str(data[-1].data_param.source))
+    if lo < 0 or hi >= classes:
+        raise OlmpError(f"the labels of {data[-1].data_param.source} run from {lo} to {hi}, but layer '{last.name}', "
+                        f"which the loss reads, has num_output {classes}: every label must be in [0, {classes})",
+                        path)
 
 
 def _check_lmdb(layer: Any, src: Path, path: str | Path) -> None:

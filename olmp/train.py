@@ -41,6 +41,15 @@ def divergence(net: Any, layers: Any = None) -> str | None:
     return f"loss {loss}, max |w| {big:.3g}"
 
 
+def chance(accuracy: float, images: int, classes: int | None) -> bool:
+    """Whether a test accuracy is no better than guessing among ``classes``: within two standard
+    deviations of 1/classes over ``images`` guesses (0.106 for MNIST's 10 classes and 10,000 images)."""
+    if not classes or classes < 2 or images <= 0:
+        return False
+    p = 1.0 / classes
+    return accuracy <= p + 2.0 * math.sqrt(p * (1 - p) / images)
+
+
 def check_outputs(out: Path, solver: Path | None = None, force: bool = False) -> None:
     """``out`` must be (or become) a folder where model.caffemodel and train.json can be written: new
     ones, unless ``force`` replaces them; never the solver itself."""
@@ -57,15 +66,19 @@ def train(
     seed: int = 1,
     progress: bool = True,
     force: bool = False,
+    require_progress: bool = False,
 ) -> dict[str, Any]:
     """Train, evaluate on the test set, save ``model.caffemodel`` and ``train.json`` (replacing
-    existing ones only with ``force``)."""
+    existing ones only with ``force``). With ``require_progress`` (``olmp train``), training that
+    left every weight as it was, or ends at chance accuracy, is an error once both files are written."""
     if not 0 <= seed < 2**31:  # Caffe takes the seed in 32 bits
         raise OlmpError(f"--seed must be in [0, {2**31 - 1}], got {seed}")
     solver_path = prototxt.resolve_path(solver_path)
     out = Path(out) if out else Path("runs") / "train" / solver_path.stem
     check_outputs(out, solver_path, force)  # before the training, not after it
     sp = prototxt.read_solver(solver_path)
+    if iters is None and not 0 < sp.max_iter < 2**31:  # the solver's setting, not an option the user gave
+        raise OlmpError(f"max_iter must be in [1, {2**31 - 1}] (or give --iters), got {sp.max_iter}", solver_path)
     iters = int(iters if iters is not None else sp.max_iter)
     if not 0 < iters < 2**31:  # Caffe counts iterations in an int
         raise OlmpError(f"--iters must be in [1, {2**31 - 1}], got {iters}")
@@ -77,6 +90,7 @@ def train(
     sp.display = 0
     caffe_bridge.set_random_seed(seed)
     solver = caffe_bridge.make_solver(sp, source=solver_path)
+    initial = [b.data.copy() for blobs in solver.net.params.values() for b in blobs] if require_progress else []
     start = time.perf_counter()
     curve = []
     with tqdm(total=iters, desc=f"train {solver_path.stem}", unit="it", disable=not progress) as bar:
@@ -97,7 +111,7 @@ def train(
     seconds = time.perf_counter() - start
     test_net = solver.test_nets[0]
     test_net.share_with(solver.net)  # Caffe shares weights only inside its own Test()
-    test = evaluate.evaluate_net(test_net, evaluate.test_set_size(sp.net_param))
+    test = evaluate.evaluate_net(test_net, evaluate.test_set_size(sp.net_param), solver_path)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -117,4 +131,13 @@ def train(
         "loss_curve": curve,
     }
     atomic.write_json(out / "train.json", record)
+    if require_progress:
+        now = [b.data for blobs in solver.net.params.values() for b in blobs]
+        if now and all(np.array_equal(a, b) for a, b in zip(initial, now)):
+            raise OlmpError(f"training left every weight as it was (a zero learning rate or lr_mult?); "
+                            f"the model is kept in {out} for inspection", solver_path)
+        classes = prototxt.loss_classes(sp.net_param, caffe_bridge.caffe_pb2().TEST)
+        if chance(test["accuracy"], test["images"], classes):
+            raise OlmpError(f"training made no progress: test accuracy {test['accuracy']:.4f} is chance level for "
+                            f"{classes} classes; the model is kept in {out} for inspection", solver_path)
     return {"model": str(out / "model.caffemodel"), **{k: record[k] for k in ("iters", "train_seconds", "test")}}

@@ -16,7 +16,8 @@ OLMP=${OLMP:-.venv/bin/olmp}
 run() {  # run EXPERIMENT FOLDER SETTING
   echo "[tradeoff] $MODEL $2 ($3)" >&2
   "$OLMP" prune --experiment "scripts/experiments/$1.toml" --seed "$SEED" --set "$3" \
-    --out "results/$MODEL/tradeoff/$2" --resume --quiet
+    --out "results/$MODEL/tradeoff/$2" --resume --quiet \
+    || [ -f "results/$MODEL/tradeoff/$2/record.json" ]  # a run whose accuracy collapsed is still a point
 }
 for d in 0.02 0.04 0.12; do run "$MODEL" "olmp-ncs-delta$d" "search.delta=$d"; done
 for s in 1.5 2 3; do run "${MODEL}_dc" "deep-compression-scale$s" "baseline.scale=$s"; done

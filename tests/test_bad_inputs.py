@@ -122,6 +122,42 @@ def _solver_cases(d: Path) -> list[Case]:
                      "--quiet"]) for n, b in bodies.items()]
 
 
+def _odd_net_cases(d: Path) -> list[Case]:
+    """Nets and solvers Caffe accepts at build time and aborts on (or hangs with) once data flows,
+    each through ``olmp train``: the message names the net or the solver that holds the setting."""
+    net = NET.read_text()
+    relu1 = 'layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }'
+    assert relu1 in net and "num_output: 10\n" in net and "batch_size: 64 " in net
+    nets = {
+        "odd_dropout_above_one.prototxt": net.replace(relu1, relu1 + '\nlayer { name: "drop" type: "Dropout" '
+                                                      'bottom: "ip1" top: "ip1" dropout_param { dropout_ratio: 1.5 } }'),
+        "odd_labels_beyond_outputs.prototxt": net.replace("num_output: 10\n", "num_output: 5\n"),
+        "odd_python_layer_missing.prototxt": net.replace(relu1, relu1 + '\nlayer { name: "py" type: "Python" '
+                                                         'bottom: "ip1" top: "ipx" python_param { module: '
+                                                         '"olmp_no_such_module" layer: "X" } }'),
+        "odd_prefetch_zero.prototxt": net.replace("batch_size: 64 ", "batch_size: 64 prefetch: 0 "),
+        "odd_control_in_name.prototxt": net.replace('name: "ip2"', 'name: "ip\\0072"'),
+    }
+    solver = SOLVER.read_text()
+    cases = []
+    for name, body in nets.items():
+        n = _write(d, name, body)
+        s = _write(d, f"s_{name}", solver.replace("models/lenet300100/train_test.prototxt", str(n)))
+        cases.append(Case(name, ["train", "--solver", str(s), "--iters", "2", "--out", str(d / f"o-{name}"),
+                                 "--quiet"]))
+    full = solver.replace("models/lenet300100", f"{REPO}/models/lenet300100")
+    solvers = {
+        "odd_regularization.prototxt": full + 'regularization_type: "L3"\n',
+        "odd_max_iter_zero.prototxt": full.replace("max_iter: 10000", "max_iter: 0"),
+        "odd_iter_size_zero.prototxt": full + "iter_size: 0\n",
+    }
+    for name, body in solvers.items():
+        iters = [] if "max_iter" in name else ["--iters", "2"]
+        cases.append(Case(name, ["train", "--solver", str(_write(d, name, body)), *iters, "--out",
+                                 str(d / f"o-{name}"), "--quiet"]))
+    return cases
+
+
 # ---- caffemodel ------------------------------------------------------------------------------
 
 def _weights_cases(d: Path) -> list[Case]:
@@ -398,7 +434,8 @@ def _problem(case: Case, r: subprocess.CompletedProcess | str) -> str | None:
 
 
 def test_malformed_inputs_through_the_cli(tmp_path: Path, mnist_dir: Path) -> None:
-    cases = (_net_cases(tmp_path) + _solver_cases(tmp_path) + _weights_cases(tmp_path) + _toml_cases(tmp_path)
+    cases = (_net_cases(tmp_path) + _solver_cases(tmp_path) + _odd_net_cases(tmp_path) + _weights_cases(tmp_path)
+             + _toml_cases(tmp_path)
              + _mnist_cases(tmp_path, mnist_dir) + _misc_cases(tmp_path))
     assert len(cases) >= 50
     with ThreadPoolExecutor(WORKERS) as pool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from olmp.crate_search import search_crates
+from olmp.errors import OlmpError
 from olmp.policies.base import Policy, RunContext
 from olmp.thresholds import threshold
 
@@ -32,6 +33,10 @@ class OLMP(Policy):
         super().__init__(ctx)
         self.crates = {n: self.exp.pipeline.initial_crate for n in self.exp.layers}
         by_type = {str(t): g for t, g in self.exp.pipeline.gamma.items()}
+        lacking = sorted({ctx.types[n] for n in self.exp.layers} - set(by_type))
+        if lacking:
+            raise OlmpError(f"pipeline.gamma has no entry for {', '.join(lacking)}, the type of a layer it prunes",
+                            self.exp.source.split(" --set ")[0] or None)
         self.gamma = {n: by_type[ctx.types[n]] for n in self.exp.layers}  # gamma_l from the layer's type
 
     @classmethod
