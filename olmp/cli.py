@@ -214,7 +214,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not args.dirs and not args.references:
         raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
     names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
-    names += distributions.OUTPUTS + [lossless_report.OUTPUT]
+    names += [*distributions.OUTPUTS, lossless_report.OUTPUT]
     for d in args.dirs:  # every output and every input checked before the first file is written
         for name in names:
             atomic.check_target(Path(d) / name)
