@@ -28,9 +28,9 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from olmp import atomic, checkpoint, config, figures, paths, reports
+from olmp import atomic, checkpoint, config, figures, paths, reports, tables
+from olmp.published import AUTHORS_SEEDS, NAMES, OLMP, OTHERS
 from olmp.record import RunRecord
-from olmp.sidebyside import NAMES, PAPER  # the paper's numbers live there (compare.REPORTED repeats them)
 
 
 @dataclass(frozen=True)
@@ -48,56 +48,6 @@ DISTRIBUTIONS: dict[str, tuple[Distribution, ...]] = {
     m: (Distribution("released-authors", "released mode, authors' reference", f"{m}_released", "sampling", False),
         Distribution("ncs", "paper's rule (NCS), our reference", m, "ncs", True))
     for m in ("lenet300100", "lenet5")
-}
-
-# The authors' seeds (reference doc §9): seed -> (the delta they noted, None where the script's; the ratio noted)
-AUTHORS_SEEDS: dict[str, dict[int, tuple[float | None, float]]] = {
-    "lenet300100": {961449: (0.08, PAPER["lenet300100"]["ratio"]), 981118: (0.3, 112.0)},
-    "lenet5": {981118: (0.05, PAPER["lenet5"]["ratio"]), 515769: (None, 185.0), 78011: (0.05, 127.0),
-               430000: (None, 150.0), 93306: (0.04, 124.0)},
-}
-
-
-@dataclass(frozen=True)
-class Anchor:
-    """A published result, reported by its authors and not measured here (reference doc §10)."""
-
-    label: str
-    ratio: float
-    test_accuracy: float | None  # None: no accuracy published beside the ratio
-    reference_accuracy: float | None
-    citation: str
-
-
-_DNS = "Guo et al., Dynamic Network Surgery for Efficient DNNs, NIPS 2016, Table 1"
-_DC = ("Han et al., Learning both Weights and Connections for Efficient Neural Networks, NIPS 2015 (the "
-       "pruning stage of Deep Compression)")
-_SVD = "Molchanov et al., Variational Dropout Sparsifies Deep Neural Networks, ICML 2017, Table 1"
-_SWS = "Ullrich et al., Soft Weight-Sharing for Neural Network Compression, ICLR 2017, Table 1"
-_GSM = "Ding et al., Global Sparse Momentum SGD for Pruning Very Deep Neural Networks, NeurIPS 2019"
-ANCHORS: dict[str, tuple[Anchor, ...]] = {
-    "lenet5": (
-        Anchor("DNS", 108.0, 1 - 0.0091, 1 - 0.0091, f"{_DNS}: error 0.91% -> 0.91%"),
-        Anchor("DC", 12.0, 1 - 0.0077, 1 - 0.0080, f"{_DC}: error 0.80% -> 0.77%"),
-        Anchor("SVD", 280.0, 1 - 0.0075, None, f"{_SVD}: error 0.75%"),
-        Anchor("SWS", 200.0, 1 - 0.0097, 1 - 0.0088,
-               f"{_SWS}: 0.5% of the weights kept (about 200x), error 0.88% -> 0.97%"),
-        Anchor("GSM", 300.0, None, None, f"{_GSM}: 300x"),
-        Anchor("GSM", 125.0, None, None, f"{_GSM}: 125x"),
-        Anchor("AutoPrune", 310.0, None, None, "Xiao et al., AutoPrune: Automatic Network Pruning by "
-               "Regularizing Auxiliary Parameters, NeurIPS 2019, abstract: "
-               "310x \"without accuracy drop\""),
-        Anchor("Progressive ADMM", 246.0, None, None, "Ye et al., progressive ADMM pruning, arXiv 1903.09769: "
-               "246x, \"(almost) zero accuracy loss\""),
-    ),
-    "lenet300100": (
-        Anchor("DNS", 56.0, 1 - 0.0199, 1 - 0.0228, f"{_DNS}: error 2.28% -> 1.99%"),
-        Anchor("DC", 12.0, 1 - 0.0159, 1 - 0.0164, f"{_DC}: error 1.64% -> 1.59%"),
-        Anchor("SVD", 68.0, 1 - 0.0192, None, f"{_SVD}: error 1.92%"),
-        Anchor("SWS", 23.0, 1 - 0.0194, 1 - 0.0189,
-               f"{_SWS}: 4.3% of the weights kept (about 23x), error 1.89% -> 1.94%"),
-        Anchor("GSM", 60.0, None, None, f"{_GSM}: 60x"),
-    ),
 }
 
 # Frontier categories, in legend order, with their colours
@@ -208,13 +158,13 @@ def _pct(v: float) -> str:
 
 def seeds_table(model: str, runs: Sequence[RunRecord]) -> tuple[str, list[tuple[Distribution, list[RunRecord]]]]:
     """The text of seeds.md, and each distribution's counted runs."""
-    paper = PAPER[model]
-    p = paper["ratio"]
+    paper = OLMP[model]
+    p = paper.ratio
     dists, sections = [], []
     head = ["distribution", "seeds", "ratio median", "ratio IQR", "ratio min-max", "test accuracy median",
             "test accuracy IQR", "test accuracy min-max", f"reach {_x(p)}", f"reach {_x(p)} at no loss",
             f"{_x(p)} as a percentile"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells: list[list[str]] = []
     for dist in DISTRIBUTIONS[model]:
         counted, left = members(dist, runs, model)
         dists.append((dist, counted))
@@ -222,35 +172,35 @@ def seeds_table(model: str, runs: Sequence[RunRecord]) -> tuple[str, list[tuple[
                  f"`{dist.experiment}` with optimizer {dist.optimizer}, from "
                  + ("our reference model" if dist.own_reference else "the authors' reference model") + "."]
         if not counted:
-            rows.append(f"| {dist.title} | 0 |" + " |" * (len(head) - 2))
+            cells.append([dist.title, "0"] + [""] * (len(head) - 2))
             sections += lines + ["", "No run yet.", ""]
             continue
         s = summary(counted, p)
-        rows.append("| " + " | ".join([
+        cells.append([
             dist.title, str(s["seeds"]), _x(s["ratio_median"]), f"{_x(s['ratio_q1'])}-{_x(s['ratio_q3'])}",
             f"{_x(s['ratio_min'])}-{_x(s['ratio_max'])}", _pct(s["accuracy_median"]),
             f"{_pct(s['accuracy_q1'])}-{_pct(s['accuracy_q3'])}",
             f"{_pct(s['accuracy_min'])}-{_pct(s['accuracy_max'])}",
             f"{s['reach']}/{s['seeds']}", f"{s['reach_no_loss']}/{s['seeds']}", f"{s['paper_percentile']:.1f}",
-        ]) + " |")
+        ])
         noted = AUTHORS_SEEDS[model] if not dist.own_reference else {}
-        lines += ["", "| run | seed | delta | ratio | test accuracy | reference accuracy | change (points) |"
-                  + (" authors' noted ratio |" if noted else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if noted else "")]
+        runs_head = ["run", "seed", "delta", "ratio", "test accuracy", "reference accuracy", "change (points)"]
+        runs_rows = []
         for r in sorted(counted, key=lambda r: r.final["ratio"]):
             acc, ref = r.final["test"]["accuracy"], r.reference["test"]["accuracy"]
-            cells = [r.name, str(r.seed), f"{r.experiment['search']['delta']:g}", _x(r.final["ratio"]), _pct(acc),
-                     _pct(ref), f"{100 * (acc - ref):+.2f}"]
+            row = [r.name, str(r.seed), f"{r.experiment['search']['delta']:g}", _x(r.final["ratio"]), _pct(acc),
+                   _pct(ref), f"{100 * (acc - ref):+.2f}"]
             if noted:
-                cells.append(f"{noted[r.seed][1]:g}x" if r.seed in noted else "")
-            lines.append("| " + " | ".join(cells) + " |")
+                row.append(f"{noted[r.seed][1]:g}x" if r.seed in noted else "")
+            runs_rows.append(row)
+        lines += ["", *tables.markdown(runs_head + (["authors' noted ratio"] if noted else []), runs_rows)]
         if left:
             lines += ["", "Left out:"] + [f"- `{r.name}`: {why}" for r, why in left]
         sections += lines + [""]
     text = "\n".join([
         f"# Seed distributions: {NAMES[model]}", "",
         f"Regenerated by `olmp report results/{model}` from the run records. The paper's {NAMES[model]} "
-        f"model: {_x(p)} at {_pct(paper['test_accuracy'])} (reference {_pct(paper['reference_accuracy'])}).",
+        f"model: {_x(p)} at {_pct(paper.test_accuracy)} (reference {_pct(paper.reference_accuracy)}).",
         "A run counts in a distribution by its record: OLMP with the distribution's optimizer and reference "
         "model, every setting a result depends on as in the experiment file except the seed (and, on the "
         "authors' seeds, the delta they noted for it); each seed once. Records without provenance were made "
@@ -259,7 +209,7 @@ def seeds_table(model: str, runs: Sequence[RunRecord]) -> tuple[str, list[tuple[
         "images, only reported (nothing is chosen on it). IQR: first to third quartile. "
         f"Reach {_x(p)} at no loss: the ratio reached and the final test accuracy at least the run's own "
         f"reference accuracy. Percentile: the percent of seeds whose ratio is below {_x(p)} (ties count half).",
-        "", *rows, "", *sections]).rstrip() + "\n"
+        "", *tables.markdown(head, cells), "", *sections]).rstrip() + "\n"
     return text, dists
 
 
@@ -267,7 +217,7 @@ def seeds_figure(model: str, dists: Sequence[tuple[Distribution, list[RunRecord]
     """Ratio and final test accuracy of every counted seed, a box and a strip per distribution."""
     fig = Figure(figsize=(8.0, 1.2 + 1.1 * max(len(dists), 1)), layout="constrained")
     ax_r, ax_a = fig.subplots(1, 2, sharey=True)
-    paper = PAPER[model]
+    paper = OLMP[model]
     for i, (dist, runs) in enumerate(dists):
         if not runs:
             continue
@@ -286,10 +236,10 @@ def seeds_figure(model: str, dists: Sequence[tuple[Distribution, list[RunRecord]
                          label="authors' noted ratio per seed (§9)")
         for ref in sorted({r.reference["test"]["accuracy"] for r in runs}):
             ax_a.plot([ref, ref], [i - 0.4, i + 0.4], color="grey", linestyle="--", linewidth=0.8)
-    ax_r.axvline(paper["ratio"], color="black", linestyle=":", linewidth=1.0)
-    ax_r.annotate(f"paper {paper['ratio']:g}x", (paper["ratio"], 1.0), xycoords=("data", "axes fraction"),
+    ax_r.axvline(paper.ratio, color="black", linestyle=":", linewidth=1.0)
+    ax_r.annotate(f"paper {paper.ratio:g}x", (paper.ratio, 1.0), xycoords=("data", "axes fraction"),
                   textcoords="offset points", xytext=(2, -10), fontsize=7)
-    ax_a.axvline(paper["test_accuracy"], color="black", linestyle=":", linewidth=1.0)
+    ax_a.axvline(paper.test_accuracy, color="black", linestyle=":", linewidth=1.0)
     ax_r.set_xscale("log")
     ax_r.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax_r.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -353,10 +303,10 @@ def frontier_figure(model: str, runs: Sequence[RunRecord], best: str | None) -> 
     """Final test accuracy against ratio (log): every run by method, the delta line, the paper, the anchors."""
     fig = Figure(figsize=(8.0, 5.2), layout="constrained")
     ax = fig.subplots()
-    paper = PAPER[model]
+    paper = OLMP[model]
     collapsed = [r for r in runs if r.final["test"]["accuracy"] < figures.COLLAPSED]
     shown = [r for r in runs if r.final["test"]["accuracy"] >= figures.COLLAPSED]
-    refs = sorted({r.reference["test"]["accuracy"] for r in shown}) or [paper["reference_accuracy"]]
+    refs = sorted({r.reference["test"]["accuracy"] for r in shown}) or [paper.reference_accuracy]
     floor = min(refs) - 0.02  # far-off runs are drawn on the floor with their value written
     for cat, color in CATEGORIES.items():
         mine = [r for r in shown if category(r, best) == cat]
@@ -387,11 +337,11 @@ def frontier_figure(model: str, runs: Sequence[RunRecord], best: str | None) -> 
         ax.annotate("reference " + " / ".join(f"{100 * r:.2f}%" for r in group), (0.01, group[-1]),
                     xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(0, 3), color="grey",
                     fontsize=7)
-    ax.scatter([paper["ratio"]], [paper["test_accuracy"]], marker="*", s=120, color="black", zorder=4,
-               label=f"paper (released model) {paper['ratio']:g}x")
+    ax.scatter([paper.ratio], [paper.test_accuracy], marker="*", s=120, color="black", zorder=4,
+               label=f"paper (released model) {paper.ratio:g}x")
     top = blended_transform_factory(ax.transData, ax.transAxes)
     first = True
-    for a in ANCHORS[model]:
+    for a in OTHERS[model]:
         style: dict[str, Any] = {"facecolors": "none", "edgecolors": "black", "marker": "D", "s": 26, "zorder": 4,
                  "label": "reported (frontier.md cites each)" if first else None}
         first = False
@@ -411,8 +361,8 @@ def frontier_figure(model: str, runs: Sequence[RunRecord], best: str | None) -> 
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.tick_params(axis="x", which="minor", labelsize=6)
-    highest = max([r.final["test"]["accuracy"] for r in shown] + [paper["test_accuracy"]]
-                  + [a.test_accuracy for a in ANCHORS[model] if a.test_accuracy is not None])
+    highest = max([r.final["test"]["accuracy"] for r in shown] + [paper.test_accuracy]
+                  + [a.test_accuracy for a in OTHERS[model] if a.test_accuracy is not None])
     # headroom: the top band holds the anchors published without an accuracy
     ax.set_ylim(floor - 0.001, highest + 0.35 * (highest - floor))
     ax.set_xlabel("compression ratio (all / remaining)")
@@ -428,7 +378,7 @@ def frontier_caption(model: str, runs: Sequence[RunRecord], best: str | None) ->
     counts: dict[str, int] = {}
     for r in runs:
         counts[category(r, best)] = counts.get(category(r, best), 0) + 1
-    paper = PAPER[model]
+    paper = OLMP[model]
     line = delta_line(model, [r for r in runs if r.final["test"]["accuracy"] >= figures.COLLAPSED])
     lines = [
         f"# Frontier: {NAMES[model]}", "",
@@ -441,17 +391,16 @@ def frontier_caption(model: str, runs: Sequence[RunRecord], best: str | None) ->
            f"seeds, `{best}`. " if best else "")
         + ("The line joins the median of the paper's rule (NCS, our reference) at each search.delta: "
            + ", ".join(f"{d:g} ({n} seeds)" for d, _, _, n in line) + ". " if len(line) > 1 else "")
-        + f"Dashed: the reference accuracies. Star: the paper's released model, {paper['ratio']:g}x at "
-        f"{100 * paper['test_accuracy']:.2f}% (reference {100 * paper['reference_accuracy']:.2f}%).", "",
+        + f"Dashed: the reference accuracies. Star: the paper's released model, {paper.ratio:g}x at "
+        f"{100 * paper.test_accuracy:.2f}% (reference {100 * paper.reference_accuracy:.2f}%).", "",
         "Hollow diamonds, \"reported\": published numbers, not measured here (reference doc §10). Accuracies "
         "are comparable only within each paper's own reference; a number published without an accuracy sits "
         "on the top edge.", "",
-        "| reported | ratio | test accuracy | reference accuracy | source |", "|---|---|---|---|---|",
     ]
-    for a in ANCHORS[model]:
-        acc = "not published" if a.test_accuracy is None else f"{100 * a.test_accuracy:.2f}%"
-        ref = "" if a.reference_accuracy is None else f"{100 * a.reference_accuracy:.2f}%"
-        lines.append(f"| {a.label} | {a.ratio:g}x | {acc} | {ref} | {a.citation} |")
+    lines += tables.markdown(["reported", "ratio", "test accuracy", "reference accuracy", "source"], (
+        [a.label, f"{a.ratio:g}x", "not published" if a.test_accuracy is None else f"{100 * a.test_accuracy:.2f}%",
+         "" if a.reference_accuracy is None else f"{100 * a.reference_accuracy:.2f}%", a.citation]
+        for a in OTHERS[model]))
     return "\n".join(lines) + "\n"
 
 

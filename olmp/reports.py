@@ -10,8 +10,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, record, schemas
+from olmp import atomic, record, schemas, tables
 from olmp.errors import OlmpError
+from olmp.published import NAMES, REFERENCE_ACCURACY
 from olmp.record import RunRecord
 
 
@@ -74,10 +75,7 @@ def best_run(runs: list[RunRecord]) -> RunRecord | None:
 
 
 def _markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        out.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
-    return "\n".join(out)
+    return "\n".join(tables.markdown(cols, ([_fmt(r.get(c, "")) for c in cols] for r in rows)))
 
 
 def _fmt(v: Any) -> str:
@@ -156,7 +154,7 @@ REFERENCE_MODELS = ("lenet300100", "lenet5")  # the models references.md tabulat
 
 def references_table(ref_dir: str | Path) -> str:
     """The text of references.md: one row per ``ref_dir/<model>/train.json`` present (``olmp train``'s record)."""
-    rows = []
+    rows: list[list[Any]] = []
     for m in REFERENCE_MODELS:
         p = Path(ref_dir) / m / "train.json"
         if not p.is_file():
@@ -166,17 +164,18 @@ def references_table(ref_dir: str | Path) -> str:
         except (OSError, ValueError) as exc:
             raise OlmpError(f"unreadable training record ({type(exc).__name__}: {exc})", p) from None
         schemas.check(schemas.TrainRecord, r, "training record", p)
-        rows.append(f"| {m} | {r['iters']} | {r['seed']} | {100 * r['test']['accuracy']:.2f}% | "
-                    f"{r['test']['loss']:.4f} | {r['train_seconds']:.0f} s |")
+        rows.append([m, r["iters"], r["seed"], f"{100 * r['test']['accuracy']:.2f}%", f"{r['test']['loss']:.4f}",
+                     f"{r['train_seconds']:.0f} s"])
     return ("# Reference models\n\nTrained by `scripts/train_references.sh` (`make reference`), i.e.\n"
             "`olmp train --solver solvers/<model>_solver.prototxt --iters 10000 --seed 1 "
             "--out results/references/<model>`,\n"
             "with `OPENBLAS_NUM_THREADS=1` on the 2-core development machine. Accuracy and loss on all\n"
-            "10,000 MNIST test images. Papers' references: LeNet-300-100 97.73%, LeNet-5 99.09%.\n"
+            "10,000 MNIST test images. Papers' references: "
+            + ", ".join(f"{NAMES[m]} {100 * a:.2f}%" for m, a in REFERENCE_ACCURACY.items()) + ".\n"
             "Wall times were measured on a shared, busy machine (the LeNet-5 run shared both cores with\n"
             "the pycaffe compile), so read them as upper bounds.\n\n"
-            "| model | iterations | seed | test accuracy | test loss | training wall time |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            + "\n".join(tables.markdown(["model", "iterations", "seed", "test accuracy", "test loss",
+                                         "training wall time"], rows)) + "\n")
 
 
 def write_references_table(ref_dir: str | Path) -> Path:

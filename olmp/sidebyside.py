@@ -17,14 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, checkpoint, paths, record
+from olmp import atomic, checkpoint, paths, record, tables
 from olmp.errors import OlmpError
+from olmp.published import NAMES, OLMP
 from olmp.record import RunRecord
 
-# The released OLMP models (reference doc §5): ratio and the test accuracy the paper reports.
-PAPER = {"lenet300100": {"ratio": 113.5, "test_accuracy": 0.9782, "reference_accuracy": 0.9773},
-         "lenet5": {"ratio": 297.7, "test_accuracy": 0.9909, "reference_accuracy": 0.9909}}
-NAMES = {"lenet300100": "LeNet-300-100", "lenet5": "LeNet-5", "caffenet_caltech256": "CaffeNet (Caltech-256)"}
 RATIO_MARGIN = 0.10  # relative, beyond the committed seeds' range
 ACCURACY_MARGIN = 0.002  # absolute (0.2 points), beyond the committed seeds' range
 
@@ -100,14 +97,14 @@ def table(run_dir: str | Path, model: str, optimizer: str, seed: int, results: s
              for p in sorted((results / model).glob(f"{optimizer}-seed*/{record.FILE}"))
              if p.parent.name.removeprefix(f"{optimizer}-seed").isdigit()]
     rows = [run] + ([committed] if committed else [])
-    if model in PAPER:
-        p = PAPER[model]
-        rows.append({"label": "paper / released model", "ratio": p["ratio"], "test_accuracy": p["test_accuracy"],
-                     "reference_accuracy": p["reference_accuracy"], "wall_seconds": None})
+    if model in OLMP:
+        p = OLMP[model]
+        rows.append({"label": "paper / released model", "ratio": p.ratio, "test_accuracy": p.test_accuracy,
+                     "reference_accuracy": p.reference_accuracy, "wall_seconds": None})
     lines = [f"{NAMES.get(model, model)}, optimizer {optimizer}, seed {seed}", "",
-             "| | ratio | test accuracy | reference accuracy | wall time |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {_fmt(r['ratio'], 'ratio')} | {_fmt(r['test_accuracy'], 'acc')} | "
-              f"{_fmt(r['reference_accuracy'], 'acc')} | {_fmt(r['wall_seconds'], 'time')} |" for r in rows]
+             *tables.markdown(["", "ratio", "test accuracy", "reference accuracy", "wall time"], (
+                 [r["label"], _fmt(r["ratio"], "ratio"), _fmt(r["test_accuracy"], "acc"),
+                  _fmt(r["reference_accuracy"], "acc"), _fmt(r["wall_seconds"], "time")] for r in rows))]
     if committed is None:
         lines += ["", f"(no committed record at {committed_path})"]
     lines += ["", f"verdict: {verdict(run, committed, seeds, changed)}"]

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, checkpoint, paths, record
+from olmp import atomic, checkpoint, paths, record, tables
 from olmp.config import INT_MAX, Experiment, read_toml
 from olmp.errors import OlmpError
 
@@ -581,14 +581,12 @@ def status_table(sweep: Sweep, statuses: Sequence[Status], started: float, token
              f"{(time.time() - started) / 60:.1f} min in: "
              + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + "."
              + (f" Sweep id {token}." if token else ""), "",
-             "| run | experiment | optimizer | seed | state | iteration | ratio | test accuracy | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for s in statuses:
-        it = "" if s.iteration is None else f"{s.iteration}/{s.niter}"
-        lines.append(f"| {s.run.out} | {s.run.experiment} | {s.run.optimizer or ''} | "
-                     f"{'' if s.run.seed is None else s.run.seed} | {s.state} | {it} | "
-                     f"{'' if s.ratio is None else f'{s.ratio:.1f}x'} | "
-                     f"{'' if s.test is None else f'{s.test:.4f}'} | {s.note} |")
+             *tables.markdown(
+                 ["run", "experiment", "optimizer", "seed", "state", "iteration", "ratio", "test accuracy", "note"],
+                 ([s.run.out, s.run.experiment, s.run.optimizer or "", "" if s.run.seed is None else s.run.seed,
+                   s.state, "" if s.iteration is None else f"{s.iteration}/{s.niter}",
+                   "" if s.ratio is None else f"{s.ratio:.1f}x", "" if s.test is None else f"{s.test:.4f}", s.note]
+                  for s in statuses))]
     return "\n".join(lines) + "\n"
 
 

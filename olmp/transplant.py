@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, evaluate, prototxt, schemas, train, weights
+from olmp import atomic, caffe_bridge, evaluate, prototxt, schemas, tables, train, weights
 from olmp.adjusting import MaskedLayers
 from olmp.config import Experiment
 from olmp.errors import OlmpError
@@ -151,12 +151,11 @@ def write_table(folder: str | Path) -> dict[str, Any]:
     if not rows:
         raise OlmpError("no transplant records (*/record.json) found", folder / "transplant")
     atomic.write_json(folder / "mask-transplant.json", {"rows": rows})
-    lines = ["| run | masks from | weights from | ratio | test before retraining | final test accuracy "
-             "| best over the curve (chosen on the test set) |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['run']} | `{r['masks']}` | `{r['weights']}` | {r['ratio']:.1f}x | "
-                     f"{100 * r['test_before']:.2f}% | {100 * r['test_final']:.2f}% | "
-                     f"{100 * r['test_best_over_curve']:.2f}% |")
+    lines = tables.markdown(
+        ["run", "masks from", "weights from", "ratio", "test before retraining", "final test accuracy",
+         "best over the curve (chosen on the test set)"],
+        ([r["run"], f"`{r['masks']}`", f"`{r['weights']}`", f"{r['ratio']:.1f}x", f"{100 * r['test_before']:.2f}%",
+          f"{100 * r['test_final']:.2f}%", f"{100 * r['test_best_over_curve']:.2f}%"] for r in rows))
     text = (folder / "mask-transplant.md").read_text() if (folder / "mask-transplant.md").is_file() else ""
     head, sep, tail = text.partition("<!-- table -->")
     table = "\n".join(lines) + "\n"

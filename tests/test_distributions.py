@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_olmp
 
 from olmp import distributions, reports, sweep
-from olmp.sidebyside import PAPER
+from olmp.published import AUTHORS_SEEDS, OLMP, OTHERS
 
 RESULTS = REPO / "results"
 COMMITTED = ["rerun-ncs-seed1", "rerun-ncs-seed2", "rerun-ncs-seed3", "ncs-seed1", "ncs-seed4", "rewind-ncs-seed1",
@@ -95,7 +95,7 @@ def test_seeds_md_numbers_are_the_records(model_dir: Path) -> None:
     svg = (model_dir / "frontier.svg").read_text()
     assert "reported" in svg and "paper (released model) 113.5x" in svg and "released mode" in svg
     caption = (model_dir / "frontier.md").read_text()
-    for a in distributions.ANCHORS["lenet300100"]:
+    for a in OTHERS["lenet300100"]:
         assert a.citation in caption
     before = {p.name: p.read_bytes() for p in model_dir.iterdir() if p.is_file()}
     assert run_olmp("report", str(model_dir)).returncode == 0  # the same records give the same bytes
@@ -104,7 +104,7 @@ def test_seeds_md_numbers_are_the_records(model_dir: Path) -> None:
 
 def test_reaching_the_paper_needs_no_loss_against_the_runs_own_reference(model_dir: Path) -> None:
     runs = {r.name: r for r in reports.load_runs(model_dir)}
-    p = PAPER["lenet300100"]["ratio"]
+    p = OLMP["lenet300100"].ratio
     s = distributions.summary([runs["ncs-seed10"], runs["ncs-seed4"]], p)
     assert (s["reach"], s["reach_no_loss"], s["paper_percentile"]) == (1, 1, 50.0)
     runs["ncs-seed10"].raw["final"]["test"]["accuracy"] = 0.9786  # 0.01 points under its reference 97.87%
@@ -127,7 +127,7 @@ def test_readme_headline_agrees_with_seeds_md() -> None:
             if cells[1] == "0":
                 continue
             said = (f"median {cells[2]} ({cells[4].replace('x-', '-')}, {cells[1]} seeds, {cells[-2]} at "
-                    f"{PAPER[model]['ratio']:g}x without loss)")
+                    f"{OLMP[model].ratio:g}x without loss)")
             assert said in results, f"README Results should say {said!r} for {model}, {title}"
     assert "seeds.png" in results and "frontier.png" in results
 
@@ -146,12 +146,12 @@ def test_distribution_sweeps_list_the_seeds_the_summary_counts() -> None:
             assert r.out.startswith(f"{model}/")
             if "released" in name:
                 assert r.weights is not None and "external-models" in r.weights
-                noted = distributions.AUTHORS_SEEDS[model].get(r.seed or 0, (None, 0.0))[0]
+                noted = AUTHORS_SEEDS[model].get(r.seed or 0, (None, 0.0))[0]
                 assert r.sets == () or (noted is not None and r.sets == (f"search.delta={noted:g}",))
             else:
                 assert r.weights is None and all(s.startswith("name=") for s in r.sets)
         if "released" in name:
-            assert set(distributions.AUTHORS_SEEDS[model]) <= {r.seed for r in sw.runs}
+            assert set(AUTHORS_SEEDS[model]) <= {r.seed for r in sw.runs}
             assert [r.sets for r in sw.runs if r.seed == 981118 and model == "lenet300100"] in ([], [("search.delta=0.3",)])
     sw = sweep.read(REPO / "sweeps" / "delta.toml")
     deltas = {(r.out.split("/")[0], s.split("=")[1]) for r in sw.runs for s in r.sets}

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from olmp import published
 from olmp.cli import build_parser
 
 PAGES = sorted([REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "results").glob("*/README.md")])
@@ -155,3 +156,14 @@ def test_readme_is_short_and_opens_with_the_two_commands() -> None:
     assert lines[0].startswith("# "), "README.md opens with its title"
     head = "\n".join(lines[:6])
     assert "make reproduce" in head and "make test" in head
+
+
+def test_the_readme_quotes_the_papers_numbers_from_their_one_place() -> None:
+    """The paper's released models as the README's tables show them are olmp.published's numbers."""
+    text = (REPO / "README.md").read_text()
+    for model, paper in published.OLMP.items():
+        section = text.split(f"**{published.NAMES[model]}** (reference here")[1].split("\n\n")[1]
+        row = next(line for line in section.splitlines() if line.startswith("| paper / released model"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert paper.test_accuracy is not None
+        assert cells[1:3] == [f"{paper.ratio:g}x", f"{100 * paper.test_accuracy:.2f}%"], row
