@@ -17,24 +17,14 @@ from olmp import paths
 from olmp.errors import OlmpError
 
 
-def _print_json(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
-    """The human line (unless ``--json``), then strict JSON: ``null`` stands for a number that is not
-    finite (e.g. the ratio of a model with no parameter left)."""
+def _print_json(obj: Any, human: Callable[[Any], str] | None = None) -> None:
+    """The human lines (where a verb has them and ``--json`` is not given), then strict JSON as the last
+    line: ``null`` stands for a number that is not finite (e.g. the ratio of a model with no parameter left)."""
     from olmp.schemas import finite
 
-    if not as_json:
+    if human is not None:
         print(human(obj))
     print(json.dumps(finite(obj), allow_nan=False))
-
-
-def _human_caltech(r: dict[str, Any]) -> str:
-    c = r["counts"]
-    line = (f"Caltech-256 {'written to' if r['rebuilt'] else 'already up to date in'} {r['dir']}: "
-            f"train {c['train']}, val {c['val']}, test {c['test']} images of {r['classes']} classes; "
-            f"{r['corrupt']} unreadable image(s) skipped (listed in split.json)")
-    if r["classes"] != 257:
-        line += f"; note: {r['classes']} classes, not Caltech-256's 257 (the net keeps its 257 outputs)"
-    return line
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -48,7 +38,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         from olmp import caltech
 
         info = caltech.prepare_caltech256(args.source, seed=args.seed, progress=not args.quiet)
-        _print_json(info, True, _human_caltech)
+        _print_json(info)
         return 0
     raise OlmpError(f"unknown dataset '{args.dataset}'")
 
@@ -58,8 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     res = train.train(paths.from_cwd(args.solver), iters=args.iters, out=args.out, seed=args.seed,
                       progress=not args.quiet, force=args.force, require_progress=True)
-    _print_json(res, True, lambda r: f"saved {r['model']}: test accuracy {r['test']['accuracy']:.4f} "
-                f"after {r['iters']} iterations ({r['train_seconds']:.0f} s)")
+    _print_json(res)
     return 0
 
 
@@ -67,7 +56,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from olmp import evaluate
 
     res = evaluate.evaluate(paths.from_cwd(args.net), args.weights)
-    _print_json(res, args.json, lambda r: f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  ({r['images']} images)")
+    _print_json(res, None if args.json else
+                lambda r: f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  ({r['images']} images)")
     return 0
 
 
@@ -83,7 +73,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from olmp import weights
 
     res = weights.summary(weights.read_caffemodel(args.weights))
-    _print_json(res, args.json, _human_inspect)
+    _print_json(res, None if args.json else _human_inspect)
     return 0
 
 
@@ -91,7 +81,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from olmp import convert
 
     res = convert.to_stock(args.input, args.output, force=args.force)
-    _print_json(res, False, lambda r: f"wrote {r['out']}: stock layers, {len(r['converted'])} converted from the "
+    _print_json(res, lambda r: f"wrote {r['out']}: stock layers, {len(r['converted'])} converted from the "
                 f"fork format; {r['remaining']}/{r['total']} remaining ({r['ratio']:.2f}x)")
     return 0
 
@@ -118,17 +108,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         res = onnx_export.export(paths.from_cwd(args.input), args.output, args.onnx_out, batch=args.batch,
                                  sparse=args.sparse_initializers)
-        _print_json(res, False, _human_onnx)
+        _print_json(res, _human_onnx)
         return 0
     if args.onnx_out or args.batch is not None or args.sparse_initializers:
         raise OlmpError("a third file, --batch and --sparse-initializers only go with --onnx")
     if args.sparse:
         if args.net:
             raise OlmpError("--net only goes with --dense")
-        _print_json(sparse.export_sparse(args.input, args.output, force=args.force), False, _human_sparse)
+        _print_json(sparse.export_sparse(args.input, args.output, force=args.force), _human_sparse)
     else:
         res = sparse.import_dense(args.input, args.output, paths.from_cwd(args.net), force=args.force)
-        _print_json(res, False, lambda r: f"wrote {r['out']}: {r['remaining']}/{r['total']} remaining "
+        _print_json(res, lambda r: f"wrote {r['out']}: {r['remaining']}/{r['total']} remaining "
                     f"({r['ratio']:.2f}x)")
     return 0
 
@@ -148,7 +138,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     res = scaffold.init(paths.from_cwd(args.net), paths.from_cwd(args.weights), paths.from_cwd(args.solver),
                         paths.from_cwd(args.out), force=args.force)
-    _print_json(res, False, _human_init)
+    _print_json(res, _human_init)
     return 0
 
 
@@ -175,8 +165,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                         f"{classes} classes; record.json and pruned.caffemodel are kept for inspection", out)
     summary = {"out": str(out), "ratio": f["ratio"], "remaining": f["remaining"], "total": f["total"],
                "test_accuracy": f["test"]["accuracy"], "reference_accuracy": rec["reference"]["test"]["accuracy"]}
-    _print_json(summary, True, lambda r: f"{r['out']}: {r['ratio']:.1f}x ({r['remaining']}/{r['total']}), "
-                f"test accuracy {r['test_accuracy']:.4f} (reference {r['reference_accuracy']:.4f})")
+    _print_json(summary)
     return 0
 
 
@@ -194,9 +183,7 @@ def cmd_transplant(args: argparse.Namespace) -> int:
     exp = config.load(args.experiment)
     rec = transplant.run(exp, paths.from_cwd(args.masks), paths.from_cwd(args.weights), args.out,
                          progress=not args.quiet)
-    _print_json({k: rec[k] for k in ("ratio", "test_before", "test_final")}, True,
-                lambda r: f"{args.out}: {r['ratio']:.1f}x, test accuracy {r['test_before']:.4f} before "
-                f"and {r['test_final']:.4f} after retraining with frozen masks")
+    _print_json({k: rec[k] for k in ("ratio", "test_before", "test_final")})
     return 0
 
 
