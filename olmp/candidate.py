@@ -166,7 +166,7 @@ class CandidateEvaluator:
                 mask_rule.keep(absw, live, t, out)
         return self._scratch
 
-    def __call__(self, crates: Sequence[float], whole_batch: bool = False) -> Evaluation:
+    def __call__(self, crates: Sequence[float] | np.ndarray, whole_batch: bool = False) -> Evaluation:
         """Size and accuracy of ``crates``; chunked, an infeasible one may stop early unless ``whole_batch``."""
         new = self.masks_for(crates)
         remaining = self.fixed_remaining

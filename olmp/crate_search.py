@@ -13,9 +13,8 @@ search's entry in the run record.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,20 +32,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class Scoring:
-    """Where candidates are scored: the evaluation net and its chunk copies.
-
-    In this process only: a pool of worker processes (``search.workers``) was removed in issue 17, as
-    on 2 cores it was slower (LeNet-300-100) or barely faster (LeNet-5) than one process once
-    chunks stop infeasible candidates early; runs are spread over cores by ``olmp sweep`` instead.
-    """
+    """Where candidates are scored, in this process: the evaluation net and its chunk copies (runs, not
+    candidates, are spread over cores: worker processes per population did not pay on 2 cores)."""
 
     net: Any
     chunks: list[Chunk]
-
-    @contextlib.contextmanager
-    def population(self, evaluator: Any) -> Iterator[Callable[[Sequence[np.ndarray]], list[Evaluation]]]:
-        """Score a population, in order."""
-        yield lambda xs: [evaluator(x) for x in xs]
 
 
 def fitness(evals: Sequence[Evaluation], constraint: str, infeasible_fitness: float) -> list[float]:
@@ -78,13 +68,13 @@ def search_crates(
                                                    chunks=scoring.chunks)
     size_before = layers.size()
     trace = []
-    with evaluator.session(), scoring.population(evaluator) as score:
+    with evaluator.session():
         margin = evaluator.begin(opt, x0, s.infeasible_fitness)
         while not opt.stop():
             xs = opt.ask()
             if not xs:
                 break
-            evals = score(xs)
+            evals = [evaluator(x) for x in xs]
             opt.tell(xs, fitness(evals, s.constraint, s.infeasible_fitness), violations=[-e.margin for e in evals])
             res = opt.result
             trace.append([evaluator.evaluations, None if res.xbest is None else float(res.fbest)])

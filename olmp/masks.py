@@ -11,8 +11,6 @@ blobs, so it is a handful of vectorised passes and can reuse a precomputed |w|.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 
 from olmp.errors import OlmpError
@@ -74,20 +72,3 @@ def update_mask(
         raise OlmpError(f"update_mask: out shape {out.shape} != mask shape {mask.shape}")
     np.copyto(out, keep(absw, mask, T, np.empty(mask.shape, dtype=bool)), casting="unsafe")
     return out
-
-
-def remaining(mask: np.ndarray) -> int:
-    """Number of unpruned (nonzero) entries of a mask."""
-    return int(np.count_nonzero(mask))
-
-
-def size(masks: Iterable[np.ndarray]) -> float:
-    """OLMP's objective size(T): remaining parameters / all parameters (§1)."""
-    kept = 0
-    total = 0
-    for mask in masks:
-        kept += remaining(mask)
-        total += int(np.size(mask))
-    if total == 0:
-        raise OlmpError("size: no parameters in the given masks")
-    return kept / total

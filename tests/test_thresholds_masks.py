@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from olmp.errors import OlmpError
-from olmp.masks import remaining, size, update_mask
+from olmp.masks import update_mask
 from olmp.thresholds import LayerStats, layer_stats, threshold
 
 # --- layer_stats / threshold ------------------------------------------------------
@@ -110,21 +110,3 @@ def test_out_in_place_and_precomputed_abs() -> None:
 def test_shape_mismatch_is_an_olmp_error() -> None:
     with pytest.raises(OlmpError, match="shape"):
         update_mask(np.zeros(3), np.zeros(4, np.float32), 1.0)
-
-
-# --- remaining / size ----------------------------------------------------------------
-
-
-def test_remaining_and_size() -> None:
-    a = np.array([[1, 0], [1, 1]], dtype=np.float32)
-    b = np.array([0, 0, 0, 1], dtype=np.float32)
-    assert remaining(a) == 3 and remaining(b) == 1
-    assert isinstance(remaining(a), int)
-    assert size([a, b]) == 4 / 8
-    assert size(iter([a])) == 3 / 4  # any iterable
-    assert size([np.zeros(5, np.float32)]) == 0.0
-
-
-def test_size_of_nothing_is_an_olmp_error() -> None:
-    with pytest.raises(OlmpError):
-        size([])
