@@ -158,7 +158,7 @@ class CandidateEvaluator:
             for blob, w, m in zip(self.layers.data(n), self.layers.dense(n), self.layers.masks[n]):
                 np.multiply(w, m, out=blob)
 
-    def masks_for(self, crates: Sequence[float]) -> dict[str, list[np.ndarray]]:
+    def masks_for(self, crates: Sequence[float] | np.ndarray) -> dict[str, list[np.ndarray]]:
         """The selected layers' masks (bool) under ``crates``: scratch arrays, overwritten per call."""
         for n, c in zip(self.selected, crates):
             t = threshold(self.stats[n], float(c))
