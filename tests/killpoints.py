@@ -60,9 +60,9 @@ def install(point: str) -> None:
         saving = {"next_itr": None}
         save = checkpoint.save
 
-        def save_noting(out: Any, solver: Any, mask_state: Any, state: dict) -> None:
+        def save_noting(out: Any, solver: Any, mask_state: Any, state: dict, arrays: Any = None) -> None:
             saving["next_itr"] = state["next_itr"]
-            save(out, solver, mask_state, state)
+            save(out, solver, mask_state, state, arrays)
 
         def open_halfway(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             fh = builtins.open(file, mode, *args, **kwargs)
