@@ -150,6 +150,7 @@ class BaselineConfig:
     gamma: NonNegative = 1e-4  # dns: mask update probability (1 + gamma * iter) ** -power
     gamma_by_type: ByLayerType = dataclasses.field(default_factory=dict)  # dns: per layer type, overrides gamma
     power: NonNegative = 1.0
+    iter_stop: Table = dataclasses.field(default_factory=dict)  # dns: per layer, no mask update from here on
 
 
 # ---- [retrain] -----------------------------------------------------------------------------------
@@ -350,10 +351,22 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
         fail("search.validation_images must be > 0 when search.accuracy_on = 'validation'")
     _check_baseline(exp, policy, fail)
     _check_retrain(exp, fail)
+    _check_iter_stop(exp, fail)
     _check_mode(exp, policies, fail)
     if policy.searches and s.population < optimizer.min_popsize:
         fail(f"search.population must be >= {optimizer.min_popsize} for {exp.optimizer}, got {s.population}")
     return exp
+
+
+def _check_iter_stop(exp: Experiment, fail: Any) -> None:
+    stops = exp.baseline.iter_stop
+    unknown = sorted(set(stops) - set(exp.layers))
+    if unknown:
+        fail(f"baseline.iter_stop names layers the experiment does not prune: {', '.join(unknown)}")
+    late = sorted(n for n, v in stops.items() if not 0 <= v <= exp.pipeline.prune_stop_iter or v != int(v))
+    if late:
+        fail(f"baseline.iter_stop must be whole iterations in [0, pipeline.prune_stop_iter = "
+             f"{exp.pipeline.prune_stop_iter}]: {', '.join(late)}")
 
 
 def _check_retrain(exp: Experiment, fail: Any) -> None:

@@ -302,3 +302,34 @@ def test_best_never_reads_the_test_set(tmp_path: Path) -> None:
         table = (tmp_path / "lenet5" / "runs.csv").read_text()
         assert "best_retraining_test_accuracy_chosen_on_test_set" in table.splitlines()[0]
     assert picks == ["sampling-seed1", "sampling-seed1"]  # the higher ratio, both times
+
+
+def test_dns_per_layer_iter_stop_fixes_a_layer_early(tmp_path: Path, lenet300100_model: Path) -> None:
+    """baseline.iter_stop (the DNS author's advice): a layer's mask changes only before its own last iteration."""
+    exp = baseline_experiment(tmp_path, lenet300100_model, "dns", niter=81, prune_stop=60,
+                              values={"ip1": 1.0, "ip2": 1.0, "ip3": 0.5}, gamma=1e-2, power=1.0,
+                              iter_stop={"ip2": 30, "ip3": 0})
+    run = pipeline.Pipeline(exp, tmp_path / "dns-stop", progress=False)
+    last: dict[str, int] = {}
+    update = run.layers.update
+
+    def noting_update(name: str, t: float) -> None:
+        last[name] = itr_now[0]
+        update(name, t)
+
+    itr_now = [0]
+    prune = run.policy.prune
+
+    def noting_prune(itr: int, selected: list[str]) -> None:
+        itr_now[0] = itr
+        prune(itr, selected)
+
+    run.layers.update = noting_update
+    run.policy.prune = noting_prune
+    rec = run.run()
+    assert "ip3" not in last and rec["final"]["layers"]["ip3"]["remaining"] == rec["final"]["layers"]["ip3"]["total"]
+    assert last["ip2"] < 30 <= last["ip1"] < 60
+    from olmp.errors import OlmpError
+
+    with pytest.raises(OlmpError, match="iter_stop names layers the experiment does not prune: fc9"):
+        baseline_experiment(tmp_path, lenet300100_model, "dns", values={"ip1": 1.0}, iter_stop={"fc9": 3})

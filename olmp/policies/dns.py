@@ -1,7 +1,8 @@
 """Dynamic Network Surgery (Guo et al. 2016): fixed crates, probabilistic mask updates, splicing.
 
 T_l = max(mu_l + crate_l sigma_l, 0) with crates from the sensitivity scan (or the release's hand-set
-crates in ``baseline.values``); each layer gets a mask update with probability (1 + gamma itr)^-power.
+crates in ``baseline.values``); each layer gets a mask update with probability (1 + gamma itr)^-power,
+until prune_stop_iter or, where ``baseline.iter_stop`` names it, the layer's own last iteration.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class DNS(Policy):
         return (1.0 + self.gamma[layer] * itr) ** -self.exp.baseline.power
 
     def prune(self, itr: int, selected: list[str]) -> None:
+        stops = self.exp.baseline.iter_stop  # per layer (the DNS author's advice); else prune_stop_iter
         for n in selected:
-            self.ctx.layers.update(n, threshold(self.ctx.stats[n], self.values[n]))
+            if itr < stops.get(n, itr + 1):
+                self.ctx.layers.update(n, threshold(self.ctx.stats[n], self.values[n]))
 
     def fields(self) -> dict[str, Any]:
         return {"crates": dict(self.values)}
