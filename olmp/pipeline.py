@@ -422,6 +422,8 @@ class Pipeline:
         })
         record.write(self.out / "record.json", self.record)
         checkpoint.remove(self.out)  # the record is the result now
+        if self.distill_key:  # a process that runs several runs keeps no teacher alive
+            distill.deactivate(self.distill_key)
         return self.record
 
 
