@@ -8,11 +8,13 @@ below the reference's on the same images:
         k-th largest dense |W|, k the weights it keeps), which brings
         back the pruned weights whose dense (straight-through) magnitude clears it, and score the
         held-out accuracy of that model
-    keep the layer whose restored weights buy the most held-out accuracy per weight
-        (when none buys any, the one that restores fewest)
+    keep the layer whose restored weights buy the most held-out accuracy per weight, read as the
+        held-out cross-entropy they remove (a smooth measure of the same thing)
     retrain ``guarantee_retrain`` masked SGD iterations (masks frozen), score again
 
-Each step is recorded with its ratio and held-out accuracy. Nothing reads the test set.
+Each step is recorded with its ratio and held-out accuracy. When the steps run out before the target,
+the run keeps its model from before the guarantee (pipeline): it has no lossless model, and says so.
+Nothing reads the test set.
 """
 
 from __future__ import annotations
@@ -44,16 +46,22 @@ def lowered(layers: MaskedLayers, name: str, threshold: float) -> list[np.ndarra
 
 
 def restore_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: float,
-                           holdout_accuracy: Callable[[], float], retrain: Callable[[int], None],
+                           holdout: Callable[[], tuple[float, float]], retrain: Callable[[int], None],
                            ratio: Callable[[], float], progress: Callable[[str], None] | None = None,
                            ) -> dict[str, Any]:
-    """Run the guarantee on the live net; return its record (``reached`` says whether it met ``target``)."""
+    """Run the guarantee on the live net; return its record (``reached`` says whether it met ``target``).
+
+    ``holdout()`` gives the masked model's (accuracy, loss) on the held-out images. A layer is chosen by
+    the held-out cross-entropy its restored weights remove, per weight: the loss moves with every
+    image's margin, where the accuracy of 5,000 images moves in steps of 0.02 points and a small
+    restoration mostly leaves it where it was. When no layer lowers the loss, the one that raises it least.
+    """
     with layers.masked():
-        acc = holdout_accuracy()
-    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc}]
+        acc, loss = holdout()
+    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc, "holdout_loss": loss}]
     now = thresholds(layers)
     while acc < target and len(steps) <= cfg.guarantee_max_steps:
-        best: tuple[float, int, str, list[np.ndarray], float] | None = None
+        best: tuple[float, str, list[np.ndarray], float] | None = None
         for n in layers.names:
             t = now[n] * cfg.guarantee_factor
             new = lowered(layers, n, t)
@@ -63,22 +71,22 @@ def restore_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: flo
             old = [m.copy() for m in layers.masks[n]]
             layers.set_masks(n, new)
             with layers.masked():
-                cand = holdout_accuracy()
+                _, cand = holdout()
             layers.set_masks(n, old)
-            gain = (cand - acc) / restored
-            key = (gain if cand > acc else -restored / 1e12, -restored)  # none helps: the fewest restored
-            if best is None or key > best[:2]:
-                best = (key[0], key[1], n, new, t)
+            score = (loss - cand) / restored if cand < loss else loss - cand  # per weight; else least harm
+            if best is None or score > best[0]:
+                best = (score, n, new, t)
         if best is None:  # every threshold is at the bottom: nothing left to restore
             break
-        _, _, name, new, t = best
+        _, name, new, t = best
         layers.set_masks(name, new)
         now[name] = t
         retrain(cfg.guarantee_retrain)
         with layers.masked():
-            acc = holdout_accuracy()
-        steps.append({"step": len(steps), "layer": name, "threshold": t, "ratio": ratio(), "holdout_accuracy": acc})
+            acc, loss = holdout()
+        steps.append({"step": len(steps), "layer": name, "threshold": t, "ratio": ratio(), "holdout_accuracy": acc,
+                      "holdout_loss": loss})
         if progress:
             progress(f"guarantee step {len(steps) - 1}: {name} threshold {t:.4g}, {ratio():.1f}x, "
-                     f"held-out {acc:.4f} (target {target:.4f})")
+                     f"held-out {acc:.4f} (target {target:.4f}), loss {loss:.4f}")
     return {"target_holdout_accuracy": target, "reached": acc >= target, "steps": steps}

@@ -181,11 +181,14 @@ class Pipeline:
         with self.layers.masked():
             return evaluate.evaluate_net(self.holdout_net, self.holdout_images, self.exp.retrain.holdout_source)
 
-    def _holdout_accuracy(self) -> float:
+    def _holdout_accuracy_loss(self) -> tuple[float, float]:
         held = self.holdout()
         if held is None:
             raise OlmpError("no held-out images (retrain.holdout_source)", self.exp.source)
-        return float(held["accuracy"])
+        return float(held["accuracy"]), float(held["loss"])
+
+    def _holdout_accuracy(self) -> float:
+        return self._holdout_accuracy_loss()[0]
 
     def _teacher(self) -> distill.Teacher:
         """The dense reference as a TEST-phase net fed the student's minibatch (olmp/distill.py)."""
@@ -203,7 +206,10 @@ class Pipeline:
             distill.activate(self.distill_key, self._teacher())
 
     def _guarantee(self, final: dict[str, Any], held_out: dict[str, Any]) -> dict[str, Any]:
-        """Restore weights until no held-out loss (olmp/guarantee.py); the model before it is final.caffemodel."""
+        """Restore weights until no held-out loss (olmp/guarantee.py); the model before it is final.caffemodel.
+
+        Short of the target, the run's masks and weights go back to that model: there is no lossless
+        model, and pruned.caffemodel is the final one."""
         t0 = time.perf_counter()
         self._save_model("final.caffemodel")
         before = {"ratio": self.ratio(), "test": final, **held_out}
@@ -217,9 +223,15 @@ class Pipeline:
             if self.progress:
                 print(f"olmp: {msg}", file=sys.stderr)
 
+        kept = self.layers.state(), {n: [b.data.copy() for b in self.net.params[n]] for n in self.net.params}
         g = guarantee.restore_until_lossless(
             self.layers, self.exp.retrain, self.record["reference"]["holdout"]["accuracy"],
-            lambda: self._holdout_accuracy(), retrain, self.ratio, say)
+            self._holdout_accuracy_loss, retrain, self.ratio, say)
+        if not g["reached"]:  # no lossless model: the run delivers its model from before the guarantee
+            self.layers.load_state(kept[0])
+            for n, blobs in kept[1].items():
+                for b, w in zip(self.net.params[n], blobs):
+                    b.data[...] = w
         self.guarantee_seconds = time.perf_counter() - t0
         return {**g, "before": before}
 

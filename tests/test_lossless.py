@@ -104,11 +104,15 @@ def test_the_guarantee_only_restores_and_says_whether_it_reached(runs: dict[str,
     assert g["target_holdout_accuracy"] == rec["reference"]["holdout"]["accuracy"]
     ratios = [s["ratio"] for s in g["steps"]]
     assert ratios == sorted(ratios, reverse=True) and len(g["steps"]) <= 1 + 3
-    assert g["reached"] == (rec["final"]["holdout"]["accuracy"] >= g["target_holdout_accuracy"])
-    assert g["steps"][-1]["holdout_accuracy"] == rec["final"]["holdout"]["accuracy"]
+    assert g["reached"] == (g["steps"][-1]["holdout_accuracy"] >= g["target_holdout_accuracy"])
     before, after = masks_of(runs["levers"] / "final.caffemodel"), masks_of(runs["levers"] / "pruned.caffemodel")
     for n in before:  # weights come back, none go
         assert not np.any(before[n] & ~after[n]), n
+    if g["reached"]:  # the delivered model is the lossless one
+        assert g["steps"][-1]["holdout_accuracy"] == rec["final"]["holdout"]["accuracy"]
+    else:  # short of the target: the model from before the guarantee, bit for bit
+        assert (runs["levers"] / "pruned.caffemodel").read_bytes() == (runs["levers"] / "final.caffemodel").read_bytes()
+        assert rec["final"]["holdout"] == g["before"]["holdout"]
     kept = sum(int(m.sum()) for m in after.values())
     total = sum(m.size for m in after.values())
     assert rec["final"]["ratio"] == pytest.approx(total / kept, rel=0.02)  # biases are counted too
