@@ -71,6 +71,23 @@ runs = [
 """
 
 
+def kill_ray_workers_in(folder: Path) -> None:
+    """SIGKILL the Ray workers that run in ``folder`` (this test's sweep), never another sweep's on the machine."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:
+            continue
+        if (b"ray::" in cmd or b"default_worker.py" in cmd) and (cwd == folder or folder in cwd.parents):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, lenet300100_model: Path) -> None:
     (tmp_path / "tiny.toml").write_text(experiment_300100(lenet300100_model, name="sweep300100", prune_stop=400,
                                                           record_every=100, checkpoint_every=100))
@@ -87,7 +104,7 @@ def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, lene
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray processes it started
         # a worker whose raylet died finishes its running task on its own (on an idle machine before the
         # rerun below starts): kill the workers too, as a lost node would
-        subprocess.run(["pkill", "-9", "-f", "ray::|default_worker.py"], check=False)
+        kill_ray_workers_in(tmp_path)
     finally:
         first.wait(timeout=30)
     assert not (a / "record.json").exists()
