@@ -16,7 +16,7 @@
 (e) with ``--pipeline``: the whole pipeline (``olmp prune --experiment MODEL``) under the unpatched
     path and the default one, one after the other, and their wall-time ratio.
 
-The paths (see README "Threads and the fast Caffe paths"):
+The paths (see docs/speed.md "Threads and the fast Caffe paths"):
 - ``caffe``: Caffe's own code (per-image GEMMs, its pooling loops, one thread): the unpatched build;
 - ``batched-1``: olmp's default group of images per GEMM, one thread;
 - ``batched-2``: the same with OMP_NUM_THREADS=2 (threads share out the slices; same bits).
