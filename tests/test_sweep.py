@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import contextlib
 import os
 import shutil
 import signal
@@ -82,10 +83,8 @@ def kill_ray_workers_in(folder: Path) -> None:
         except OSError:
             continue
         if (b"ray::" in cmd or b"default_worker.py" in cmd) and (cwd == folder or folder in cwd.parents):
-            try:
+            with contextlib.suppress(OSError):  # gone meanwhile
                 os.kill(int(proc.name), signal.SIGKILL)
-            except OSError:
-                pass
 
 
 def test_a_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path: Path, lenet300100_model: Path) -> None:
