@@ -1,4 +1,4 @@
-"""``olmp sweep`` (issue 17): runs as Ray tasks, a killed sweep resumed, and sweeps/paper.toml checked
+"""``olmp sweep``: runs as Ray tasks, a killed sweep resumed, and sweeps/paper.toml checked
 against the committed records.
 
 The tiny sweep: two identical short LeNet-300-100 runs on local Ray. The first sweep runs only one of
@@ -10,9 +10,9 @@ same pruned.caffemodel.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
-import contextlib
 import os
 import shutil
 import signal
