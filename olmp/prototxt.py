@@ -17,7 +17,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from olmp import caffe_bridge, paths
+from olmp import caffe_bridge, paths, weights
 from olmp.errors import OlmpError
 
 PRUNABLE_TYPES = ("Convolution", "InnerProduct")
@@ -189,6 +189,7 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
         if layer.type not in known:
             raise OlmpError(f"layer '{layer.name}' has unknown type '{layer.type}'", path)
         _check_layer_params(layer, path)
+    weights.refuse_shared_params([(lay.name, [p.name for p in lay.param]) for lay in net.layer], path)
     for phase in (pb.TRAIN, pb.TEST):
         produced: set[str] = set(net.input)
         for layer in layers_in_phase(net, phase):

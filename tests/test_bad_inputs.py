@@ -505,3 +505,61 @@ def test_mutated_inputs_are_accepted_or_refused(tmp_path: Path, mnist_dir: Path,
     if name == "m-idx3-ubyte":  # whatever the bytes, they are not the real test labels
         with pytest.raises(OlmpError):
             mnist.verify_file(p, mnist.TEST_LABELS)
+
+
+# ---- nets whose layers share a parameter -----------------------------------------------------
+
+def _shared_net(mnist_dir: Path) -> str:
+    """A small MLP on the real MNIST LMDBs whose layers ip_b and ip_c hold the same weights and bias."""
+    data = "".join(f'layer {{ name: "digits" type: "Data" top: "data" top: "label" include {{ phase: {phase} }} '
+                   f'transform_param {{ scale: 0.00390625 }} data_param {{ source: "{mnist_dir / lmdb}" '
+                   f'batch_size: {batch} backend: LMDB }} }}\n'
+                   for phase, lmdb, batch in (("TRAIN", "mnist_train_lmdb", 64), ("TEST", "mnist_test_lmdb", 100)))
+    ip = ('layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" {params}'
+          'inner_product_param {{ num_output: {n} weight_filler {{ type: "xavier" }} }} }}\n')
+    shared = 'param { name: "w_shared" } param { name: "b_shared" } '
+    layers = [("ip_a", "data", 16, ""), ("ip_b", "ip_a", 16, shared), ("ip_c", "ip_b", 16, shared),
+              ("ip_out", "ip_c", 10, "")]
+    return ('name: "shared"\n' + data + "".join(ip.format(name=a, bottom=b, n=n, params=p) for a, b, n, p in layers)
+            + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip_out" bottom: "label" top: "loss" }\n')
+
+
+def test_nets_that_share_parameters_are_refused(tmp_path: Path, mnist_dir: Path) -> None:
+    """Layers sharing a parameter (``param { name }``) would have it counted, masked and converted once
+    per layer: every command refuses such a net, and a model Caffe saved from one, in one line naming
+    the file and the layers."""
+    net = _write(tmp_path, "shared.prototxt", _shared_net(mnist_dir))
+    solver = _write(tmp_path, "shared_solver.prototxt", SOLVER.read_text().replace(
+        'net: "models/lenet300100/train_test.prototxt"', f'net: "{net}"'))
+    assert str(net) in solver.read_text()
+    c = caffe_bridge.caffe()
+    live = c.Net(str(net), c.TEST)
+    live.params["ip_b"][0].data[...] = 0.25
+    assert float(live.params["ip_c"][0].data.max()) == 0.25  # Caffe holds one blob for both layers
+    model = tmp_path / "shared.caffemodel"
+    live.save(str(model))  # Caffe's own writer: both layers, each with the blobs and the param names
+    saved = caffe_bridge.caffe_pb2().NetParameter.FromString(model.read_bytes())
+    assert [(lay.name, [p.name for p in lay.param]) for lay in saved.layer if lay.blobs][1:3] == [
+        ("ip_b", ["w_shared", "b_shared"]), ("ip_c", ["w_shared", "b_shared"])]
+    exp = _write(tmp_path, "shared.toml", experiment_300100(model, niter=3, prune_stop=2, every=1, population=4,
+                                                            budget=8, record_every=1, checkpoint_every=1000).replace(
+        '"solvers/lenet300100_solver.prototxt"', f'"{solver}"').replace(
+        '"models/lenet300100/train_test.prototxt"', f'"{net}"').replace('"ip1", "ip2", "ip3"', '"ip_b", "ip_c"'))
+    out = tmp_path / "out"
+    cases = [Case(str(model), ["inspect", str(model)]),
+             Case(str(model), ["export", "--sparse", str(model), str(out / "m.npz")]),
+             Case(str(model), ["convert", str(model), str(out / "m.caffemodel")]),
+             Case(str(net), ["evaluate", "--net", str(net), "--weights", str(GOOD_WEIGHTS)]),
+             Case(str(net), ["train", "--solver", str(solver), "--iters", "1", "--out", str(out / "t")]),
+             Case(str(net), ["init", "--net", str(net), "--weights", str(model), "--solver", str(solver), "--out",
+                             str(out / "exp.toml")]),
+             Case(str(net), ["prune", "--experiment", str(exp), "--out", str(out / "run"), "--quiet"])]
+    before = {p: p.read_bytes() for p in (net, solver, model, exp)}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(_run, cases))
+    problems = [f"{c.argv[0]}: {p}" for c, r in results if (p := _problem(c, r))]
+    assert not problems, "\n".join(problems)
+    for _, r in results:
+        assert isinstance(r, subprocess.CompletedProcess)
+        assert "layers 'ip_b', 'ip_c' share the parameter 'w_shared'" in r.stderr, r.stderr
+    assert not out.exists() and {p: p.read_bytes() for p in before} == before
