@@ -4,8 +4,9 @@ Copying a shipped experiment and editing its paths and layer names is where newc
 wrong (issue 13), so the file is written from the net itself: its prunable layers, the
 paths relative to the file's folder (README "Paths"), and the crate bounds, delta and step
 sizes of the paper's closest setting (LeNet-5 for a net with convolutions, else
-LeNet-300-100). Everything is checked before anything is written, and the text is loaded
-with ``config.load`` before it is written: a file ``olmp init`` writes always loads.
+LeNet-300-100). Everything is checked before anything is written: the text goes through every
+check ``olmp prune`` makes before its first step (the run is built in a throwaway folder, Caffe's
+first step included), so a file ``olmp init`` writes is one ``olmp prune`` accepts.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ def _check_solver(solver_file: Path, net_file: Path, net_param: Any) -> None:
         raise OlmpError(f"trains another net ({named}), not {net_file}; give the solver of this net", solver_file)
 
 
-def prunable_layers(net_file: Path, weights_file: Path) -> tuple[Any, list[Layer]]:
-    """Parse the net, build it with Caffe and check the weights against it; its prunable layers."""
+def prunable_layers(net_file: Path, weights_file: Path) -> tuple[Any, list[Layer], weights.Model]:
+    """Parse the net and the weights; its prunable layers in the TEST phase, with their blobs' shapes
+    (checked against the built nets by :func:`prune_checks`)."""
     net_param = prototxt.read_net(net_file)
     names = prototxt.prunable_layer_names(net_param)
     if not names:
@@ -116,14 +118,38 @@ def prunable_layers(net_file: Path, weights_file: Path) -> tuple[Any, list[Layer
     for phase in (pb.TRAIN, pb.TEST):  # olmp reads logits at the loss and scores on the TEST data
         prototxt.require_loss(net_param, net_file, phase)
     model = weights.read_caffemodel(weights_file)
-    net = caffe_bridge.make_net(net_param, "test", source=net_file)
-    weights.check_against_net(model, net)
+    in_test = {lay.name for lay in prototxt.layers_in_phase(net_param, pb.TEST)}
+    names = [n for n in names if n in in_test]
+    if not names:
+        raise OlmpError("net has no prunable layer in its TEST phase", net_file)
+    for n in names:
+        if n not in model.layers:
+            raise OlmpError(f"weights do not match the net: no layer '{n}' (file has: {', '.join(model.layers)})",
+                            weights_file)
     types = {lay.name: lay.type for lay in net_param.layer}
-    layers = [Layer(n, types[n], tuple(tuple(int(d) for d in b.data.shape) for b in net.params[n]))
-              for n in names if n in net.params]
-    if not layers:
-        raise OlmpError("net has no prunable layer with parameters in its TEST phase", net_file)
-    return net_param, layers
+    layers = [Layer(n, types[n], tuple(tuple(int(d) for d in b.shape) for b in model.layers[n].blobs)) for n in names]
+    return net_param, layers, model
+
+
+def prune_checks(exp_file: Path, model: weights.Model, net_file: Path) -> None:
+    """What ``olmp prune`` checks before its first step, on the experiment file ``exp_file``: the file
+    loaded, then the run built as prune builds it, in a throwaway folder (Caffe's build of the solver and
+    its first step in a forked child, the layers, the weights loaded into the training net, the nets the
+    search scores on); the weights also against the TEST net. A refusal naming ``exp_file``, a file
+    nobody will see, names ``net_file`` instead."""
+    from olmp import pipeline  # noqa: PLC0415  (the whole pipeline: only once everything else is checked)
+
+    try:
+        exp = config.load(exp_file)
+        with tempfile.TemporaryDirectory(prefix="olmp-init-run-") as tmp:
+            run = pipeline.Pipeline(exp, Path(tmp), progress=False)
+            weights.check_against_net(model, run.test_net)
+    except OlmpError as exc:
+        msg = str(exc)
+        if msg.startswith(f"{exp_file}: "):
+            raise OlmpError(f"olmp prune would refuse the experiment written for it: {msg[len(str(exp_file)) + 2:]}",
+                            net_file) from None
+        raise
 
 
 def _train_batch(net_param: Any) -> int:
@@ -161,6 +187,7 @@ def render(name: str, files: dict[str, str], layers: list[Layer], setting: Close
            origin: dict[str, Path]) -> str:
     """The experiment file's text: the released settings, each with a line on what it does."""
     lo, hi = setting.bounds
+    chunks = min(8, batch) if batch > 0 else 8  # no more parts than images in the batch
     judged = f"the current {batch}-image training minibatch" if batch else "the current training minibatch"
     # one prunable layer: a search can only select it (the paper's searches select at least 2)
     min_layers = "min_layers = 1             # a search of the one layer (the paper: 2)\n" if len(layers) == 1 else ""
@@ -217,7 +244,7 @@ sigma = {setting.sigma}   # the search's step size: {setting.sigma_note}
 delta = {setting.delta}
 constraint = "penalty"     # a candidate that loses more than delta gets infeasible_fitness
 infeasible_fitness = 1.1
-chunks = 8                 # the batch scored in 8 parts, infeasible candidates stopped early (same decisions)
+chunks = {chunks:<17} # the batch scored in {chunks} part(s), infeasible candidates stopped early (same decisions)
 accuracy_on = "minibatch"  # the current training minibatch, as in the paper
 """
 
@@ -233,7 +260,7 @@ def init(net: str | Path, weights_path: str | Path, solver: str | Path | None, o
     weights_file = prototxt.resolve_path(weights_path)
     if not net_file.is_file():
         raise OlmpError("net prototxt not found", net_file)
-    net_param, layers = prunable_layers(net_file, weights_file)
+    net_param, layers, model = prunable_layers(net_file, weights_file)
     solver_file = prototxt.resolve_path(solver) if solver is not None else find_solver(net_file)
     _check_solver(solver_file, net_file, net_param)
     setting = closest_setting(layers)
@@ -241,12 +268,12 @@ def init(net: str | Path, weights_path: str | Path, solver: str | Path | None, o
     origin = {"net": net_file, "weights": weights_file, "solver": solver_file}
     folder = out.absolute().parent
     text = render(name, {k: _rel(v, folder) for k, v in origin.items()}, layers, setting, batch, origin)
-    # the same text with absolute paths must load: a file init writes is one `olmp prune` accepts
+    # the same text with absolute paths must pass every check `olmp prune` makes before its first step
     with tempfile.TemporaryDirectory(prefix="olmp-init-") as tmp:
         probe = Path(tmp) / "exp.toml"
         probe.write_text(render(name, {k: str(v) for k, v in origin.items()}, layers, setting, batch, origin),
                          encoding="utf-8")
-        config.load(probe)
+        prune_checks(probe, model, net_file)
     atomic.write_text(out, text)
     return {
         "out": str(out), "name": name, "closest": setting.model, "solver": str(solver_file),

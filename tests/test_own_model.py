@@ -196,3 +196,32 @@ def test_init_errors_are_one_line(tmp_path: Path, mnist_dir: Path) -> None:
     last_json(run_olmp("init", "--net", "net.prototxt", *w, "--solver", "solver.prototxt", "--force", cwd=tmp_path))
     assert config.load(tmp_path / "exp.toml").layers == ("fc_a", "fc_b", "out")
 
+
+
+def test_init_writes_only_what_prune_accepts(tmp_path: Path, mnist_dir: Path) -> None:
+    """init builds the run as ``olmp prune`` does before its first step (Caffe's build of the training
+    net and its first step included), so it refuses what prune would, and what it writes prune runs."""
+    write_net(tmp_path, mnist_dir, MLP)
+    last_json(run_olmp("train", "--solver", "solver.prototxt", "--iters", "100", "--out", "ref", "--quiet",
+                       cwd=tmp_path))
+    w = ["--weights", "ref/model.caffemodel"]
+    # a training batch of 4 images: the search scores it in 4 parts at most (prune refuses chunks = 8)
+    small = write_net(tmp_path, mnist_dir, MLP, "small.prototxt", solver="small_solver.prototxt")
+    small.write_text(small.read_text().replace("batch_size: 64", "batch_size: 4"))
+    last_json(run_olmp("init", "--net", "small.prototxt", *w, "--solver", "small_solver.prototxt", "--out",
+                       "small.toml", cwd=tmp_path))
+    assert tomllib.loads((tmp_path / "small.toml").read_text())["search"]["chunks"] == 4
+    pruned = last_json(run_olmp("prune", "--experiment", "small.toml", "--set", "pipeline.niter=3", "--set",
+                                "pipeline.prune_stop_iter=2", "--set", "search.every=1", "--set", "search.budget=8",
+                                "--set", "search.population=4", "--out", "run", "--quiet", cwd=tmp_path))
+    assert pruned["total"] == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    # a crop larger than the images in the TRAIN phase only: Caffe rejects it when it builds the training net
+    crop = write_net(tmp_path, mnist_dir, MLP, "crop.prototxt", solver="crop_solver.prototxt")
+    train = f'transform_param {{ scale: 0.00390625 }} data_param {{ source: "{mnist_dir / "mnist_train_lmdb"}"'
+    crop.write_text(crop.read_text().replace(train, train.replace(" }", " crop_size: 40 }", 1)))
+    assert crop.read_text().count("crop_size: 40") == 1
+    err = one_line(run_olmp("init", "--net", "crop.prototxt", *w, "--solver", "crop_solver.prototxt", "--out",
+                            "crop.toml", cwd=tmp_path))
+    assert f"{tmp_path / 'crop_solver.prototxt'}: Caffe rejects it" in err and "crop" in err, err
+    assert not (tmp_path / "crop.toml").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".toml") == ["small.toml"]
