@@ -67,9 +67,9 @@ def _gz(path: Path) -> int:
 
 def test_images(net_path: Path, count: int) -> np.ndarray:
     """The first ``count`` test images as Caffe's TEST data layer hands them on (scaled)."""
-    from olmp import caffe_bridge, prototxt
+    from olmp import prototxt
 
-    net = caffe_bridge.make_net(prototxt.read_net(net_path), "test", source=net_path)
+    net = prototxt.make_net(prototxt.read_net(net_path), "test", source=net_path)
     out: list[np.ndarray] = []
     while sum(len(x) for x in out) < count:
         net.forward()
@@ -216,7 +216,7 @@ FORMS = {
 
 def measure_model(name: str, net_path: Path, weights_path: Path, images: np.ndarray, rounds: int, threads: int,
                   tmp: Path) -> dict[str, Any]:
-    from olmp import caffe_bridge, onnx_export, prototxt, sparse, weights
+    from olmp import onnx_export, prototxt, sparse, weights
 
     model = weights.read_caffemodel(weights_path)
     info = weights.summary(model)
@@ -235,7 +235,7 @@ def measure_model(name: str, net_path: Path, weights_path: Path, images: np.ndar
     for batch in BATCHES:
         x = images[:batch]
         deploy, _ = onnx_export.deploy_net(net_param, batch, net_path)
-        net = caffe_bridge.make_net(deploy, "test", source=net_path)
+        net = prototxt.make_net(deploy, "test", source=net_path)
         weights.load_into(net, model)
         net.blobs["data"].data[...] = x
         out = [b for b in net.outputs][0]

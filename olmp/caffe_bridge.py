@@ -286,11 +286,9 @@ def _with_temp_prototxt(message: object, build, where: str | None, then=None):  
 
 
 def make_net(net_param: object, phase: str = "test", source: str | os.PathLike | None = None):  # noqa: ANN201
-    """A caffe.Net from a checked NetParameter (see olmp.prototxt.read_net); ``source`` names it in errors."""
-    from olmp import prototxt  # noqa: PLC0415
-
+    """A caffe.Net from a checked NetParameter (``olmp.prototxt.make_net`` checks its data batches first);
+    ``source`` names it in errors."""
     c = caffe()
-    prototxt.check_data_batches(net_param, source or getattr(net_param, "name", "") or "net")  # derived nets too
     ph = c.TEST if phase == "test" else c.TRAIN
     return _with_temp_prototxt(net_param, lambda f: c.Net(f, ph), None if source is None else str(source))
 

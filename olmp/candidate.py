@@ -77,7 +77,7 @@ class Chunk:
 
 def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Chunk]:
     """``net``'s batch in ``chunks`` contiguous parts, each in its own small net sharing ``net``'s weights."""
-    from olmp import caffe_bridge, prototxt  # noqa: PLC0415
+    from olmp import prototxt  # noqa: PLC0415
 
     tops = [t for lay in prototxt.layers_in_phase(net_param, phase) if not lay.bottom for t in lay.top]
     batch = net.blobs[tops[0]].data.shape[0]
@@ -86,7 +86,7 @@ def chunk_nets(net: Any, net_param: Any, phase: int, chunks: int) -> list[Chunk]
     out = []
     for idx in np.array_split(np.arange(batch), chunks):
         shapes = {t: (len(idx), *net.blobs[t].data.shape[1:]) for t in tops}
-        part = caffe_bridge.make_net(prototxt.input_net_param(net_param, phase, shapes), "test")
+        part = prototxt.make_net(prototxt.input_net_param(net_param, phase, shapes), "test")
         part.share_with(net)
         out.append(Chunk(part, int(idx[0]), int(idx[-1]) + 1, tuple(tops)))
     return out

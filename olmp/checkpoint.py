@@ -26,7 +26,8 @@ from olmp.config import Experiment
 from olmp.errors import OlmpError
 
 CHECKPOINT = "checkpoint"
-# a resume may change these: same result either way (variant is a label; records before it lack it)
+# a resume may change these: same result either way (variant is a label; search.workers, a removed
+# setting, was 1 in every checkpoint that names it)
 RESULT_FREE = ("source", "variant", "search.workers", "search.chunks")
 ARRAYS = "arrays.npz"
 SNAPSHOT = ".snapshot"  # Caffe's own snapshot files land here (pipeline's snapshot_prefix), then move

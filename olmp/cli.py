@@ -188,44 +188,16 @@ def cmd_transplant(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from olmp import regenerate
 
-    from olmp import (
-        atomic,
-        distributions,
-        figures,
-        lossless_report,
-        reports,
-    )
-
-    if not args.dirs and not args.references:
-        raise OlmpError("report needs a results folder (results/<model>) or --references DIR")
-    names = ["runs.csv", "runs.md"] + [f"{f}.{x}" for f in [*figures.FIGURES, "tradeoff"] for x in figures.FORMATS]
-    names += [*distributions.OUTPUTS, lossless_report.OUTPUT]
-    for d in args.dirs:  # every output and every input checked before the first file is written
-        for name in names:
-            atomic.check_target(Path(d) / name)
-        reports.check_report(d)
-    if args.references:
-        atomic.check_target(Path(args.references).parent / "references.md")
-        if Path(args.references).is_dir():
-            reports.references_table(args.references)  # every train.json read and checked
-    if args.references:
-        print(f"wrote {reports.write_references_table(args.references)}")
-    for d in args.dirs:
-        res = reports.write_runs_table(d)
-        figs = sorted({p.stem for p in figures.write_report_figures(d)})
-        more = [p.name for p in [*distributions.write_reports(d), lossless_report.write(d)] if p is not None]
-        print(f"{d}: {res['runs']} runs, best {res['best']}; wrote runs.csv, runs.md, best/"
-              + (f", {'/'.join(figs)} .png/.svg" if figs else "") + "".join(f", {n}" for n in more))
+    regenerate.report(args.dirs, args.references)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from olmp import compare
+    from olmp import regenerate
 
-    res = compare.write_comparison(args.model, args.results)
-    print(f"wrote {res['csv']} and {res['md']}: {res['measured']} measured, {res['reported']} reported rows")
+    regenerate.comparison(args.model, args.results)
     return 0
 
 

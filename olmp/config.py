@@ -101,7 +101,6 @@ class SearchConfig:
     infeasible_fitness: Float = 1.1
     accuracy_on: Literal["minibatch", "validation"] = "minibatch"  # the paper: the current minibatch
     validation_images: Int = 0  # size of the fixed held-out batch when accuracy_on = "validation"
-    workers: Count = 1  # must be 1: kept so that files and records that name it still read (see check)
     chunks: Count = 1  # score the batch in this many parts, stopping once infeasible (exact; olmp/candidate.py)
 
     def sigma_at(self, itr: int) -> float:
@@ -331,9 +330,6 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     if s.chunks > 1 and s.constraint == "al":
         fail("search.chunks > 1 stops infeasible candidates early with a bound on their accuracy; "
              "constraint = 'al' needs exact margins, use search.chunks = 1")
-    if s.workers != 1:  # the pool of scoring processes did not pay on 2 cores and was removed (issue 17)
-        fail(f"search.workers must be 1, got {s.workers}: candidates are scored in the run's own process "
-             "(run several runs at once with olmp sweep)")
     if s.budget < s.population:
         fail(f"search.budget ({s.budget}) must be >= search.population ({s.population}): one generation at least")
     if policy.searches and not s.bounds[0] <= p.initial_crate <= s.bounds[1]:
@@ -352,7 +348,7 @@ def check(exp: Experiment, path: Path | str = "") -> Experiment:
     _check_baseline(exp, policy, fail)
     _check_retrain(exp, fail)
     _check_iter_stop(exp, fail)
-    _check_mode(exp, policies, fail)
+    _check_mode(exp, modes, policies, fail)
     if policy.searches and s.population < optimizer.min_popsize:
         fail(f"search.population must be >= {optimizer.min_popsize} for {exp.optimizer}, got {s.population}")
     return exp
@@ -393,21 +389,11 @@ def _check_baseline(exp: Experiment, policy: Any, fail: Any) -> None:
         fail(f"baseline.sparsity must be in (0, 1) for {m}, got {b.sparsity}")
 
 
-def _check_mode(exp: Experiment, policies: Mapping[str, Any], fail: Any) -> None:
-    """The released mode re-enacts the scripts' search; only what they did is accepted with it."""
-    if exp.mode != "released":
-        return
-    s = exp.search
-    released_optimizer = "sampling"  # what the released NCS effectively ran (reference doc §9)
-    for ok, why in ((policies[exp.method].searches, f"method = {_quoted_where(policies, lambda cls: cls.searches)}"),
-                    (exp.optimizer == released_optimizer,
-                     f"optimizer = '{released_optimizer}' (what the released NCS effectively ran)"),
-                    (s.accuracy_on == "minibatch", "search.accuracy_on = 'minibatch'"),
-                    (s.constraint == "penalty", "search.constraint = 'penalty'"),
-                    (s.chunks == 1, "search.chunks = 1"),
-                    (s.budget % s.population == 0, "search.budget a multiple of search.population")):
-        if not ok:
-            fail(f"mode = 'released' needs {why}")
+def _check_mode(exp: Experiment, modes: Mapping[str, Any], policies: Mapping[str, Any], fail: Any) -> None:
+    """What the experiment's mode declares it requires (olmp/modes.py)."""
+    unmet = modes[exp.mode].unmet(exp, policies)
+    if unmet:
+        fail(f"mode = '{exp.mode}' needs {unmet[0]}")
 
 
 # ---- reading a file ------------------------------------------------------------------------------
@@ -480,8 +466,7 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
         source=" ".join([str(path), *(f"--set {o}" for o in overrides)]),
     )
     exp = check(exp, path)
-    from olmp.prototxt import resolve_path  # noqa: PLC0415
-
+    resolve_path = paths.resolve_path
     if not resolve_path(exp.solver).is_file():
         raise OlmpError(f"solver {resolve_path(exp.solver)} does not exist", path)
     if not resolve_path(exp.net).is_file():

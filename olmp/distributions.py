@@ -29,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from olmp import atomic, checkpoint, config, figures, paths, reports, tables
+from olmp.modes import reenacts_scripts
 from olmp.published import AUTHORS_SEEDS, NAMES, OLMP, OTHERS
 from olmp.record import RunRecord
 
@@ -56,7 +57,6 @@ CATEGORIES = {
     "lossless": "tab:olive", "OLMP, other settings": "silver", "DC": "tab:orange", "DNS": "tab:red",
     "global": "tab:brown", "uniform": "tab:pink",
 }
-BASELINES = {"deep-compression": "DC", "dns": "DNS", "global-magnitude": "global", "uniform": "uniform"}
 PAPER_RULE_VARIANTS = ("", "rerun")  # "rerun": the paper's settings rerun beside earlier records
 
 
@@ -90,7 +90,7 @@ def members(dist: Distribution, runs: Sequence[RunRecord], model: str, free: Seq
     ``free``: settings that may differ too (``search.delta`` for the frontier's line, counted once per
     delta and seed).
     """
-    mine = [r for r in runs if r.method == "olmp" and r.optimizer == dist.optimizer
+    mine = [r for r in runs if r.method_searches and r.optimizer == dist.optimizer
             and r.own_reference == dist.own_reference and not settings_differ(dist, r, model, free)]
     by_key: dict[Any, list[RunRecord]] = {}
     for r in mine:
@@ -266,7 +266,7 @@ def best_configuration(runs: Sequence[RunRecord]) -> str | None:
     """
     groups: dict[str, list[float]] = {}
     for r in runs:
-        if r.method == "olmp" and r.own_reference and r.experiment.get("mode", "standard") != "released":
+        if r.method_searches and r.own_reference and not reenacts_scripts(r.experiment.get("mode", "")):
             groups.setdefault(r.group, []).append(r.final["ratio"])
     ranked = [(statistics.median(v), g) for g, v in groups.items() if len(v) >= 3]
     return max(ranked)[1] if ranked else None
@@ -274,9 +274,9 @@ def best_configuration(runs: Sequence[RunRecord]) -> str | None:
 
 def category(rec: RunRecord, best: str | None) -> str:
     """The method a run is coloured by on the frontier."""
-    if rec.method != "olmp":
-        return BASELINES.get(rec.method, rec.method)
-    if rec.experiment.get("mode") == "released":
+    if not rec.method_searches:
+        return rec.policy_label
+    if reenacts_scripts(rec.experiment.get("mode", "")):
         return "released mode"
     if rec.variant.startswith("lossless"):
         return "lossless"

@@ -82,6 +82,6 @@ def evaluate(net_path: str | Path, weights_path: str | Path) -> dict[str, Any]:
     prototxt.require_loss(net_param, prototxt.resolve_path(net_path), caffe_bridge.caffe_pb2().TEST)
     model = weights.read_caffemodel(weights_path)
     images = test_set_size(net_param)
-    net = caffe_bridge.make_net(net_param, "test", source=net_path)
+    net = prototxt.make_net(net_param, "test", source=net_path)
     weights.load_into(net, model)
     return evaluate_net(net, images, prototxt.resolve_path(net_path))

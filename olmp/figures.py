@@ -30,7 +30,6 @@ from matplotlib.figure import Figure
 from olmp import atomic
 from olmp.record import RunRecord
 
-OPTIMIZER_COLORS = {"ncs": "tab:blue", "cmaes": "tab:orange", "sampling": "tab:green"}
 FORMATS = ("png", "svg")
 COLLAPSED = 0.5  # test accuracy under which a run is named on the trade-off figure, not drawn
 _RC = {"svg.hashsalt": "olmp", "svg.fonttype": "none", "font.size": 9}  # SVG text stays text
@@ -38,7 +37,10 @@ _METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
 
 
 def _color(rec: RunRecord, i: int) -> str:
-    return OPTIMIZER_COLORS.get(rec.optimizer, f"C{i % 10}")
+    from olmp.search import OPTIMIZERS  # noqa: PLC0415  (pycma: only when a figure is drawn)
+
+    optimizer = OPTIMIZERS.get(rec.optimizer)
+    return optimizer.color if optimizer is not None and optimizer.color else f"C{i % 10}"
 
 
 def _log_y(ax: Any) -> None:

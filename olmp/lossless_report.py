@@ -26,7 +26,7 @@ LABELS = {"plain": "held-out split only", "distill": "+ distillation", "average"
 def arm(rec: RunRecord) -> str | None:
     """Which arm a record is, or None when it is not a held-out OLMP run of one of the arms."""
     r = rec.experiment.get("retrain") or {}
-    if rec.method != "olmp" or not r.get("holdout_source"):
+    if not rec.method_searches or not r.get("holdout_source"):
         return None
     distills, averages, guarantees = r.get("distill_weight", 0) > 0, r.get("average_last", 0) > 0, r.get("guarantee")
     if guarantees:

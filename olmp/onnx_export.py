@@ -333,7 +333,7 @@ def build(net_path: str | Path, weights_path: str | Path, batch: int | None = No
     net_param = prototxt.read_net(net_file)
     deploy, notes = deploy_net(net_param, batch or 1, net_file)
     model = weights.read_caffemodel(weights_path)
-    net = caffe_bridge.make_net(deploy, "test", source=net_file)
+    net = prototxt.make_net(deploy, "test", source=net_file)
     weights.load_into(net, model)  # the caffemodel must fit the net, blob for blob
     shapes = {name: tuple(int(d) for d in blob.data.shape) for name, blob in net.blobs.items()}
 

@@ -62,9 +62,17 @@ def in_experiment_file(value: str, experiment_file: Path) -> str:
     beside = os.path.normpath(folder / p)
     if os.path.exists(beside):
         return beside
-    from olmp.prototxt import resolve_path  # noqa: PLC0415  (prototxt imports this module)
-
     return value if resolve_path(value).exists() else beside
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A relative path means relative to the repo root; ``data/...`` means the data dir."""
+    p = Path(path)
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "data":
+        return data_dir().joinpath(*p.parts[1:])
+    return REPO_ROOT / p
 
 
 NAME_BYTES = 200  # a folder name's limit is 255 bytes on most file systems; room for a suffix

@@ -138,7 +138,7 @@ class Pipeline:
                 lay.data_param.batch_size = images
                 lay.transform_param.CopyFrom(train_data.transform_param)
         self._eval_net_param = param
-        net = caffe_bridge.make_net(param, "test", source=self.exp.solver)
+        net = prototxt.make_net(param, "test", source=self.exp.solver)
         net.share_with(self.net)
         # load the batch once, candidates never reload it. The whole net runs: the TEST net has split
         # layers (label -> loss and accuracy) between the data layer and the first prunable layer, and
@@ -170,7 +170,7 @@ class Pipeline:
             if lay.type == "Data":
                 lay.data_param.source = str(src)
                 lay.data_param.batch_size = math.gcd(images, lay.data_param.batch_size or 100)
-        net = caffe_bridge.make_net(param, "test", source=self.exp.source)
+        net = prototxt.make_net(param, "test", source=self.exp.source)
         net.share_with(self.net)
         return net, images
 
@@ -195,7 +195,7 @@ class Pipeline:
         pb = caffe_bridge.caffe_pb2()
         logits, data = _train_io(self.net_param)
         shapes = {top: self.net.blobs[top].data.shape for top in self.net.blobs}
-        net = caffe_bridge.make_net(prototxt.input_net_param(self.net_param, pb.TEST, shapes), "test",
+        net = prototxt.make_net(prototxt.input_net_param(self.net_param, pb.TEST, shapes), "test",
                                     source=self.exp.source)
         weights.load_weights(net, prototxt.resolve_path(self.exp.weights))
         r = self.exp.retrain

@@ -12,13 +12,15 @@ import functools
 import importlib
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import text_format
 
-from olmp import caffe_bridge, paths, weights
+from olmp import caffe_bridge
 from olmp.errors import OlmpError
+from olmp.paths import resolve_path
 
 PRUNABLE_TYPES = ("Convolution", "InnerProduct")
 _DATA_PARAMS = ("data_param", "hdf5_data_param", "image_data_param")
@@ -31,14 +33,21 @@ LR_POLICIES: dict[str, tuple[str, ...]] = {
 }
 
 
-def resolve_path(path: str | Path) -> Path:
-    """A relative path means relative to the repo root; ``data/...`` means the data dir."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    if p.parts and p.parts[0] == "data":
-        return paths.data_dir().joinpath(*p.parts[1:])
-    return paths.REPO_ROOT / p
+def refuse_shared_params(layers: Iterable[tuple[str, Sequence[str]]], path: str | Path) -> None:
+    """The one rule for parameters shared between layers (``param { name: "w" }`` in two layers): such a
+    net or model is refused. olmp reads, counts, masks and converts each layer's blobs on their own, so a
+    shared blob would be counted (and pruned) once per layer holding it. ``layers`` are (layer name, the
+    names of its params); the same layer name twice (its TRAIN and TEST definitions) is one layer."""
+    holders: dict[str, list[str]] = {}
+    for layer, names in layers:
+        for name in names:
+            if name and layer not in holders.setdefault(name, []):
+                holders[name].append(layer)
+    for name, held in holders.items():
+        if len(held) > 1:
+            raise OlmpError(f"layers {', '.join(repr(n) for n in held)} share the parameter '{name}' "
+                            "(param { name }); olmp counts and prunes each layer's parameters on their own, "
+                            "so it does not take nets that share parameters", path)
 
 
 def _parse(path: str | Path, message: Any, what: str) -> Any:
@@ -189,7 +198,7 @@ def check_net(net: Any, path: str | Path, check_sources: bool = True) -> None:
         if layer.type not in known:
             raise OlmpError(f"layer '{layer.name}' has unknown type '{layer.type}'", path)
         _check_layer_params(layer, path)
-    weights.refuse_shared_params([(lay.name, [p.name for p in lay.param]) for lay in net.layer], path)
+    refuse_shared_params([(lay.name, [p.name for p in lay.param]) for lay in net.layer], path)
     for phase in (pb.TRAIN, pb.TEST):
         produced: set[str] = set(net.input)
         for layer in layers_in_phase(net, phase):
@@ -346,6 +355,12 @@ def check_data_batches(net: Any, path: str | Path) -> None:
     for layer in net.layer:
         if layer.type == "Data" and layer.data_param.source and Path(layer.data_param.source).is_dir():
             check_batch_memory(layer, Path(layer.data_param.source), path)
+
+
+def make_net(net_param: Any, phase: str = "test", source: str | os.PathLike | None = None) -> Any:
+    """A caffe.Net from a checked NetParameter, its data batches checked first (derived nets too)."""
+    check_data_batches(net_param, source or getattr(net_param, "name", "") or "net")
+    return caffe_bridge.make_net(net_param, phase, source)
 
 
 def check_validation_batch(net: Any, images: int, where: str | Path) -> None:

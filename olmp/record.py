@@ -10,9 +10,6 @@ name runs the same way, so that naming lives here once:
 - ``variant``: the run's departure from its method's usual settings (``rewind``, ``released``...),
   ``""`` for the paper's settings; the experiment's ``variant`` setting, recorded with it;
 - ``group``: the summary row of ``runs.md``: the kind, with the variant and the authors' reference apart.
-
-Records written before the variant was a setting lack it; for them alone the variant is read back
-out of the experiment's name (:func:`legacy_variant`). Committed records are never rewritten.
 """
 
 from __future__ import annotations
@@ -39,19 +36,6 @@ def kind(method: str, optimizer: str, searches: bool) -> str:
 def run_name(method: str, optimizer: str, seed: int, searches: bool) -> str:
     """A run's default folder name, ``<kind>-seed<seed>`` (``ncs-seed1``, ``dns-seed1``)."""
     return f"{kind(method, optimizer, searches)}-seed{seed}"
-
-
-def legacy_variant(name: str, method: str) -> str:
-    """The variant of a record made before it was recorded, read from the experiment's name.
-
-    The only place a name is parsed: what follows the model in an OLMP experiment's name
-    (``lenet300100-validation`` -> ``validation``), or the model and the method's short name in a
-    baseline's (``lenet5-dns-published`` -> ``published``); ``""`` for the paper's settings and plain
-    baselines. Used only when a record has no ``experiment.variant``.
-    """
-    cuts = 1 if method == "olmp" else 2
-    parts = name.split("-", cuts)
-    return parts[-1] if len(parts) == cuts + 1 else ""
 
 
 def _own_reference(weights: str) -> bool:
@@ -82,10 +66,7 @@ class RunRecord:
         schemas.check(schemas.FinishedRunRecord if finished else schemas.RunRecordFile, data,
                       "finished run record" if finished else "run record", where)
         exp = data["experiment"]
-        method = data.get("method", "olmp")  # records from before the baselines are all OLMP runs
-        recorded = exp.get("variant")
-        return cls(method=method, optimizer=data["optimizer"],
-                   variant=recorded if isinstance(recorded, str) else legacy_variant(exp["name"], method),
+        return cls(method=data["method"], optimizer=data["optimizer"], variant=exp["variant"],
                    seed=data["seed"], own_reference=_own_reference(exp["weights"]),
                    provenance=data.get("provenance"), raw=data, path=where)
 
@@ -106,6 +87,22 @@ class RunRecord:
     def searched(self) -> bool:
         """Whether the run searched: the record files it under its optimizer, not under its method."""
         return self.optimizer != self.method
+
+    @property
+    def method_searches(self) -> bool:
+        """Whether the run's method searches crates, as its policy class says (OLMP's runs, not the baselines')."""
+        from olmp.policies import POLICIES  # noqa: PLC0415  (the policies import pycma: only when asked)
+
+        policy = POLICIES.get(self.method)
+        return policy is not None and policy.searches
+
+    @property
+    def policy_label(self) -> str:
+        """The method's short name in the reports, as its policy class gives it (else the method)."""
+        from olmp.policies import POLICIES  # noqa: PLC0415
+
+        policy = POLICIES.get(self.method)
+        return (policy.short or policy.name) if policy is not None else self.method
 
     @property
     def label(self) -> str:

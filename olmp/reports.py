@@ -67,7 +67,7 @@ def best_run(runs: list[RunRecord]) -> RunRecord | None:
     such run already met its accuracy constraint on training images at each search, so the ratio is
     what is left to choose by; choosing by test accuracy would make the test set a validation set.
     """
-    runs = [r for r in runs if r.method == "olmp"]
+    runs = [r for r in runs if r.method_searches]
     runs = [r for r in runs if r.own_reference] or runs
     if not runs:
         return None

@@ -104,7 +104,7 @@ class PipelineSettings(_Part):
 class RecordedExperiment(_Part):
     name: StrictStr
     weights: StrictStr
-    variant: StrictStr | None = None
+    variant: StrictStr
     pipeline: PipelineSettings = PipelineSettings()
 
 
@@ -114,7 +114,7 @@ class RunRecordFile(_Part):
     experiment: RecordedExperiment
     optimizer: StrictStr
     seed: StrictInt
-    method: StrictStr = "olmp"  # records from before the baselines are all OLMP runs
+    method: StrictStr
     finished: StrictBool = False
     progress: list[Progress] = []
     searches: list[Search] = []

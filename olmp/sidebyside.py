@@ -87,7 +87,8 @@ def table(run_dir: str | Path, model: str, optimizer: str, seed: int, results: s
     results = Path(results) if results else paths.RESULTS_DIR
     run_rec = read_record(run_dir / "record.json")
     run = _row(f"this run ({_shown(run_dir)})", run_rec)
-    committed_path = results / model / record.run_name("olmp", optimizer, seed, searches=True) / record.FILE
+    committed_name = record.run_name(run_rec.method, optimizer, seed, run_rec.method_searches)
+    committed_path = results / model / committed_name / record.FILE
     committed, changed = None, []
     if committed_path.is_file():
         committed_rec = read_record(committed_path)

@@ -221,7 +221,7 @@ def import_dense(src: str | Path, dst: str | Path, net_path: str | Path | None =
         convert.write_params_only([(n, lp.type, lp.blobs) for n, lp in model.layers.items()], dst)
     else:
         net_param = prototxt.read_net(net_path)
-        net = caffe_bridge.make_net(net_param, "test", source=net_path)
+        net = prototxt.make_net(net_param, "test", source=net_path)
         weights.load_into(net, model)
         weights.save_net(net, dst, net_param, caffe_bridge.caffe_pb2().TEST)
     info = weights.summary(weights.read_caffemodel(dst))

@@ -745,14 +745,9 @@ def _finish(sweep: Sweep, r: Run, res: dict[str, Any], s: Status, failed: list[s
 
 
 def _report(sweep: Sweep, runs: Sequence[Run]) -> bool:
-    """``olmp report`` and ``olmp compare`` (the commands themselves) for the models the runs belong to
-    (``root/<model>/``); False if either failed (it said why)."""
-    from olmp import cli, compare  # noqa: PLC0415
+    """The reports (``olmp report`` and ``olmp compare``'s) of the models the runs belong to
+    (``root/<model>/``); False if one failed (it said why)."""
+    from olmp import regenerate  # noqa: PLC0415
 
-    models = sorted({sweep.root / Path(r.out).parts[0] if len(Path(r.out).parts) > 1 else sweep.root for r in runs})
-    rcs = []
-    for d in models:
-        rcs.append(cli.main(["report", str(d)]))
-        if d.name in compare.LAYERS:
-            rcs.append(cli.main(["compare", "--model", d.name, "--results", str(d.parent)]))
-    return not any(rcs)
+    return regenerate.models(sorted({sweep.root / Path(r.out).parts[0] if len(Path(r.out).parts) > 1 else sweep.root
+                                     for r in runs}))

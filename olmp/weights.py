@@ -10,7 +10,6 @@ in place. Every model comes back as stock blobs with masks applied.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from olmp import atomic, caffe_bridge
+from olmp import atomic, caffe_bridge, prototxt
 from olmp.errors import OlmpError
 
 MAX_BLOB = 2**31 - 1  # Caffe counts a blob's values in an int
@@ -65,23 +64,6 @@ def check_blob_count(layer: LayerParams, path: Path) -> None:
                         "a Convolution or InnerProduct layer holds its weights and at most a bias", path)
 
 
-def refuse_shared_params(layers: Iterable[tuple[str, Sequence[str]]], path: str | Path) -> None:
-    """The one rule for parameters shared between layers (``param { name: "w" }`` in two layers): such a
-    net or model is refused. olmp reads, counts, masks and converts each layer's blobs on their own, so a
-    shared blob would be counted (and pruned) once per layer holding it. ``layers`` are (layer name, the
-    names of its params); the same layer name twice (its TRAIN and TEST definitions) is one layer."""
-    holders: dict[str, list[str]] = {}
-    for layer, names in layers:
-        for name in names:
-            if name and layer not in holders.setdefault(name, []):
-                holders[name].append(layer)
-    for name, held in holders.items():
-        if len(held) > 1:
-            raise OlmpError(f"layers {', '.join(repr(n) for n in held)} share the parameter '{name}' "
-                            "(param { name }); olmp counts and prunes each layer's parameters on their own, "
-                            "so it does not take nets that share parameters", path)
-
-
 def _blob_array(blob: Any, path: Path, where: str) -> np.ndarray:
     if blob.HasField("shape"):
         shape = tuple(int(d) for d in blob.shape.dim)
@@ -114,8 +96,8 @@ def read_caffemodel(path: str | Path) -> Model:
         net.ParseFromString(path.read_bytes())
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise OlmpError(f"not a valid caffemodel (truncated or corrupt: {exc})", path) from exc
-    refuse_shared_params([(lay.name, [p.name for p in lay.param]) for lay in net.layer]
-                         + [(lay.name, list(lay.param)) for lay in net.layers], path)
+    prototxt.refuse_shared_params([(lay.name, [p.name for p in lay.param]) for lay in net.layer]
+                                  + [(lay.name, list(lay.param)) for lay in net.layers], path)
     model = Model(path=path)
     v1 = [(lay.name, pb.V1LayerParameter.LayerType.Name(lay.type), lay.blobs) for lay in net.layers]
     for name, ltype, blobs in [(lay.name, lay.type, lay.blobs) for lay in net.layer] + v1:
@@ -205,8 +187,6 @@ def net_bytes(net: Any, net_param: Any = None, phase: int | None = None) -> byte
     pb = caffe_bridge.caffe_pb2()
     defs: dict[str, Any] = {}
     if net_param is not None:
-        from olmp import prototxt  # noqa: PLC0415
-
         defs = {lay.name: lay for lay in prototxt.layers_in_phase(net_param, phase)}
     head = pb.NetParameter()
     if net_param is not None and net_param.name:

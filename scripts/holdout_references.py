@@ -31,7 +31,7 @@ def accuracy(net_path: str, model: Path, source: str | None) -> float:
             if lay.type == "Data":
                 lay.data_param.source = str(prototxt.resolve_path(source))
     images = evaluate.test_set_size(param)
-    net = caffe_bridge.make_net(param, "test", source=net_path)
+    net = prototxt.make_net(param, "test", source=net_path)
     weights.load_into(net, weights.read_caffemodel(model))
     return float(evaluate.evaluate_net(net, images)["accuracy"])
 

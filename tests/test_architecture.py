@@ -63,19 +63,25 @@ def test_a_new_optimizer_is_one_file_and_one_registry_line(tmp_path: Path, monke
 
 
 def _imports(path: Path) -> set[str]:
-    """olmp modules imported at module level (not inside functions, not under TYPE_CHECKING)."""
+    """olmp modules a module imports anywhere (inside functions too), except under TYPE_CHECKING."""
     tree = ast.parse(path.read_text())
+    typing_only = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+                   for sub in ast.walk(node)}
     out: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
+    for sub in ast.walk(tree):
+        if id(sub) in typing_only:
             continue
-        for sub in ast.walk(node) if isinstance(node, (ast.Import, ast.ImportFrom, ast.If, ast.Try)) else ():
-            if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("olmp"):
-                out.add(sub.module)
-                out.update(f"{sub.module}.{a.name}" for a in sub.names)
-            elif isinstance(sub, ast.Import):
-                out.update(a.name for a in sub.names if a.name.startswith("olmp"))
+        if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("olmp"):
+            out.add(sub.module)
+            out.update(f"{sub.module}.{a.name}" for a in sub.names)
+        elif isinstance(sub, ast.Import):
+            out.update(a.name for a in sub.names if a.name.startswith("olmp"))
     return out
+
+
+def test_imports_inside_functions_count() -> None:
+    assert "olmp.policies" in _imports(REPO / "olmp" / "config.py")  # imported inside _registries only
+    assert "olmp.config" not in _imports(REPO / "olmp" / "policies" / "base.py")  # under TYPE_CHECKING only
 
 
 def test_no_import_cycles() -> None:
@@ -101,6 +107,54 @@ def test_no_import_cycles() -> None:
     for m in sorted(graph):
         if m not in state:
             visit(m, [])
+
+
+REGISTRIES = ("olmp/policies/", "olmp/search/", "olmp/modes.py")  # the names' own modules
+
+
+def _registered_names() -> set[str]:
+    from olmp.modes import MODES
+
+    return {*policies.POLICIES, *search.OPTIMIZERS, *MODES}
+
+
+def test_no_module_tests_a_method_optimizer_or_mode_by_name() -> None:
+    """``r.method == "olmp"`` outside the registries: what the name stands for is asked of its class."""
+    names = _registered_names()
+    for f in sorted((REPO / "olmp").rglob("*.py")):
+        rel = f.relative_to(REPO).as_posix()
+        if rel.startswith(REGISTRIES):
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Compare):
+                named = {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and n.value in names}
+                assert not named, f"{rel}:{node.lineno} compares with {sorted(named)}"
+
+
+def test_config_names_no_mode_beyond_its_default() -> None:
+    """config.py checks what a mode declares it requires; the only mode it names is the field's default."""
+    from olmp.modes import MODES
+
+    tree = ast.parse((REPO / "olmp" / "config.py").read_text())
+    defaults = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign) and n.value is not None}
+    named = [n.lineno for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in defaults
+             and any(f"'{m}'" in n.value or n.value == m for m in MODES)]
+    assert not named, f"olmp/config.py names a mode on line(s) {named}"
+
+
+def test_a_mode_s_declared_requirement_is_checked(tmp_path: Path, lenet300100_model: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from olmp import modes
+
+    strict = modes.Mode("strict", modes.StandardDraws, modes.CandidateEvaluator,
+                        requires=lambda exp, _: [(exp.search.chunks == 1, "search.chunks = 1")])
+    monkeypatch.setitem(modes.MODES, "strict", strict)
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text(experiment_300100(lenet300100_model).replace("seed = ", 'mode = "strict"\nseed = '))
+    assert config.load(exp_file).mode == "strict"
+    with pytest.raises(Exception, match=r"mode = 'strict' needs search.chunks = 1"):
+        config.load(exp_file, ["search.chunks=2"])
 
 
 def test_the_loop_names_no_method_or_optimizer() -> None:

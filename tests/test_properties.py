@@ -49,7 +49,7 @@ SECTIONS = {"search": config.SearchConfig, "pipeline": config.PipelineConfig, "b
 TOP_KEYS = [f.name for f in dataclasses.fields(config.Experiment)]  # includes the sections and `source`
 # settings whose size is the length of a run: drawn only invalid, or valid and small
 RUN_LENGTH = {"niter", "prune_stop_iter", "budget", "population", "every", "record_every", "checkpoint_every",
-              "validation_images", "workers", "chunks", "rounds"}
+              "validation_images", "chunks", "rounds"}
 DELETE = object()  # the key is removed
 
 

@@ -38,8 +38,6 @@ def test_committed_records_keep_their_names(run: str) -> None:
     rec = RunRecord.load(path)
     label, group, variant, own = COMMITTED[run]
     assert (rec.label, rec.group, rec.variant, rec.own_reference) == (label, group, variant, own)
-    assert "variant" not in rec.experiment  # the legacy rule, from the experiment's name, gave it
-    assert rec.variant == record.legacy_variant(rec.experiment["name"], rec.method)
     assert rec.name == Path(run).name and rec.finished and rec.seed == rec.raw["seed"]
     assert rec.series == label + (f" ({variant})" if variant else "")
     assert rec.paper_setting == (own and not variant)
@@ -64,11 +62,13 @@ def test_recorded_variant_wins_over_the_name(tmp_path: Path) -> None:
         assert rec.variant == expected and not rec.finished
         assert rec.group == "ncs" + (f" ({expected})" if expected else "")
         assert rec.to_dict() == json.loads(json.dumps(data))  # as written (tuples become lists)
-    legacy = {k: v for k, v in exp.items() if k != "variant"}  # as records made before the setting
-    dns = record.new_record({**legacy, "method": "dns", "name": "lenet5-dns-published"}, ref, searches=False,
+    dns = record.new_record({**exp, "method": "dns", "name": "lenet5-dns-published"}, ref, searches=False,
                             provenance={})
     assert dns["optimizer"] == "dns" and RunRecord.from_dict(dns).label == "dns"
-    assert RunRecord.from_dict(dns).variant == "published"  # no variant recorded: the legacy rule
+    assert RunRecord.from_dict(dns).variant == ""  # the name is never parsed: "published" is not read from it
+    unlabelled = {**dns, "experiment": {k: v for k, v in dns["experiment"].items() if k != "variant"}}
+    with pytest.raises(OlmpError, match=r"^x\.json: .*variant"):  # a record without its variant is refused
+        RunRecord.from_dict(unlabelled, "x.json")
     assert record.run_name("dns", "ncs", 3, False) == "dns-seed3"
     assert record.run_name("olmp", "cmaes", 2, True) == "cmaes-seed2"
 
@@ -102,8 +102,8 @@ def test_references_table_is_the_committed_one(tmp_path: Path) -> None:
 
 
 def test_a_variant_label_never_blocks_a_resume_or_a_finished_run() -> None:
-    """Records made before the variant was a setting lack it: a toml that now names it changes no result."""
+    """The variant is a label: a toml that names another changes no result."""
     from olmp import checkpoint
 
     then = json.loads((RESULTS / "lenet5" / "rewind-ncs-seed1" / "record.json").read_text())["experiment"]
-    assert checkpoint.changed_settings({**then, "variant": "rewind"}, then) == []
+    assert then["variant"] == "rewind" and checkpoint.changed_settings({**then, "variant": ""}, then) == []

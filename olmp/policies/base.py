@@ -45,6 +45,7 @@ class Policy:
     """The interface the pipeline calls; the defaults do nothing."""
 
     name: ClassVar[str] = ""
+    short: ClassVar[str] = ""  # the reports' short name (the frontier's legend); "": the name
     straight_through: ClassVar[bool] = True  # pruned weights keep learning (splicing)
     scores_candidates: ClassVar[bool] = False  # needs chunk copies of the evaluation net
     searches: ClassVar[bool] = False  # reads the [search] settings (OLMP)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class DeepCompression(Policy):
     name: ClassVar[str] = "deep-compression"
+    short: ClassVar[str] = "DC"
     straight_through: ClassVar[bool] = False
     scanned: ClassVar[bool] = True
     in_rounds: ClassVar[bool] = True

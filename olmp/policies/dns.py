@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 class DNS(Policy):
     name: ClassVar[str] = "dns"
+    short: ClassVar[str] = "DNS"
     scanned: ClassVar[bool] = True
 
     @classmethod

@@ -26,6 +26,7 @@ def selection_probability(gamma: float, itr: int) -> float:
 
 class OLMP(Policy):
     name: ClassVar[str] = "olmp"
+    short: ClassVar[str] = "OLMP"
     scores_candidates: ClassVar[bool] = True
     searches: ClassVar[bool] = True
 

@@ -56,6 +56,7 @@ class _Sparsity(Policy):
 
 class GlobalMagnitude(_Sparsity):
     name: ClassVar[str] = "global-magnitude"
+    short: ClassVar[str] = "global"
 
     def _prune_to(self, sparsity: float) -> None:
         lay = self.ctx.layers

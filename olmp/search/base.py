@@ -69,6 +69,7 @@ class Optimizer(OOOptimizer, abc.ABC):
     """
 
     name: ClassVar[str] = "base"
+    color: ClassVar[str] = ""  # its colour in the report figures; "": one of matplotlib's cycle
     option_defaults: ClassVar[dict[str, Any]] = {}
     min_popsize: ClassVar[int] = 1
     # how infeasible candidates are handled: "penalty" (the caller's fitness already encodes them)

@@ -60,6 +60,7 @@ class CMAES(Optimizer):
     """
 
     name: ClassVar[str] = "cmaes"
+    color: ClassVar[str] = "tab:orange"
     option_defaults: ClassVar[dict[str, Any]] = {"cma_options": None}
     constraints: ClassVar[tuple[str, ...]] = ("penalty", "al")
     min_popsize: ClassVar[int] = 2  # pycma needs a parent and an offspring

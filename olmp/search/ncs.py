@@ -57,6 +57,7 @@ class NCS(Optimizer):
     """
 
     name: ClassVar[str] = "ncs"
+    color: ClassVar[str] = "tab:blue"
     option_defaults: ClassVar[dict[str, Any]] = {"epoch": None, "r": 0.99}
 
     def _check_options(self) -> None:

@@ -40,6 +40,7 @@ class Sampling(Optimizer):
     """
 
     name: ClassVar[str] = "sampling"
+    color: ClassVar[str] = "tab:green"
     option_defaults: ClassVar[dict[str, Any]] = {"epoch": None, "r": 0.99, "released": False}
 
     def _check_options(self) -> None:
