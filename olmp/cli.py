@@ -107,7 +107,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from olmp import onnx_export
 
         res = onnx_export.export(paths.from_cwd(args.input), args.output, args.onnx_out, batch=args.batch,
-                                 sparse=args.sparse_initializers)
+                                 sparse=args.sparse_initializers, force=args.force)
         _print_json(res, _human_onnx)
         return 0
     if args.onnx_out or args.batch is not None or args.sparse_initializers:

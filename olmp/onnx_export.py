@@ -398,13 +398,12 @@ def _check_shapes(inferred: Any, g: _Graph, shapes: dict[str, tuple[int, ...]], 
 
 
 def export(net_path: str | Path, weights_path: str | Path, out: str | Path, batch: int | None = None,
-           sparse: bool = False) -> dict[str, Any]:
-    """``olmp export --onnx``: write the checked model to ``out`` (atomically)."""
+           sparse: bool = False, force: bool = False) -> dict[str, Any]:
+    """``olmp export --onnx``: write the checked model to ``out`` (atomically); an existing ``out`` only
+    with ``force``, never an input."""
     out = Path(out)
     atomic.check_target(out)  # a device, a FIFO or an unwritable folder: before any work
-    for src in (prototxt.resolve_path(net_path), Path(weights_path)):
-        if out.is_file() and src.is_file() and out.samefile(src):
-            raise OlmpError(f"is the input {src}; give another output file", out)
+    atomic.check_new(out, (prototxt.resolve_path(net_path), Path(weights_path)), force)
     onnx_model, summary = build(net_path, weights_path, batch=batch, sparse=sparse)
     atomic.write_bytes(out, onnx_model.SerializeToString())
     return {"out": str(out), "bytes": out.stat().st_size, **summary}

@@ -262,6 +262,7 @@ def init(net: str | Path, weights_path: str | Path, solver: str | Path | None, o
         raise OlmpError("net prototxt not found", net_file)
     net_param, layers, model = prunable_layers(net_file, weights_file)
     solver_file = prototxt.resolve_path(solver) if solver is not None else find_solver(net_file)
+    atomic.check_new(out, (net_file, weights_file, solver_file), force=True)  # never over an input, even with --force
     _check_solver(solver_file, net_file, net_param)
     setting = closest_setting(layers)
     name, batch = _name(net_param, net_file), _train_batch(net_param)

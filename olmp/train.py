@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -52,11 +53,17 @@ def chance(accuracy: float, images: int, classes: int | None) -> bool:
 
 def check_outputs(out: Path, solver: Path | None = None, force: bool = False) -> None:
     """``out`` must be (or become) a folder where model.caffemodel and train.json can be written: new
-    ones, unless ``force`` replaces them; never the solver itself."""
+    ones, unless ``force`` replaces them; never the solver or its net."""
     atomic.check_target(out, folder=True)
+    net = None
+    if solver is not None:
+        raw = caffe_bridge.caffe_pb2().SolverParameter()
+        with contextlib.suppress(OlmpError):  # read_solver reports it
+            prototxt._parse(solver, raw, "solver prototxt")
+        net = prototxt.resolve_path(raw.net) if raw.net else None
     for name in ("model.caffemodel", "train.json"):
         atomic.check_target(out / name)
-        atomic.check_new(out / name, (solver,), force)
+        atomic.check_new(out / name, (solver, net), force)
 
 
 def train(

@@ -200,7 +200,7 @@ def test_refusals_are_one_line(zoo: tuple[Path, Path], tmp_path: Path, mnist_dir
     _one_line_error(run_olmp("export", "--onnx", str(net_file), str(model), out, "--batch", "0"), "--batch")
     _one_line_error(run_olmp("export", "--sparse", str(model), str(tmp_path / "m.npz"), "--batch", "2"), "--onnx")
     before = model.read_bytes()
-    _one_line_error(run_olmp("export", "--onnx", str(net_file), str(model), str(model)), "is the input")
+    _one_line_error(run_olmp("export", "--onnx", str(net_file), str(model), str(model)), "is also the input")
     assert model.read_bytes() == before
     assert not any(tmp_path.glob("*.onnx")) and not any(tmp_path.glob(".*.tmp"))
 

@@ -380,7 +380,7 @@ def test_json_output_is_strict_json(tmp_path: Path) -> None:
     assert _strict((tmp_path / "x.json").read_text()) == {"a": None, "b": [None, 1.5]}
 
 
-def test_no_output_over_an_input_or_an_existing_file(tmp_path: Path) -> None:
+def test_no_output_over_an_input_or_an_existing_file(tmp_path: Path, mnist_dir: Path) -> None:
     model = tmp_path / "m.caffemodel"
     shutil.copy(GOOD_WEIGHTS, model)
     link = tmp_path / "link.caffemodel"
@@ -405,7 +405,32 @@ def test_no_output_over_an_input_or_an_existing_file(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     r = olmp("convert", str(model), str(tmp_path / "copy.caffemodel"), "--force")
     assert r.returncode == 0, r.stderr
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    # export --onnx: the same rules
+    net = tmp_path / "net.prototxt"
+    shutil.copy(REPO / "models/lenet300100/train_test.prototxt", net)
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"old")
+    one_line_error(olmp("export", "--onnx", str(net), str(model), str(onnx)), onnx, "exists; pass --force")
+    assert onnx.read_bytes() == b"old"
+    one_line_error(olmp("export", "--onnx", str(net), str(model), str(net), "--force"), net, "is also the input")
+    r = olmp("export", "--onnx", str(net), str(model), str(onnx), "--force")
+    assert r.returncode == 0 and onnx.read_bytes()[:3] != b"old", r.stderr
+    # init and train never write over the files they read, even with --force
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text((REPO / "solvers/lenet300100_solver.prototxt").read_text().replace(
+        '"models/lenet300100/train_test.prototxt"', f'"{net}"'))
+    for target in (net, solver, model):
+        one_line_error(olmp("init", "--net", str(net), "--weights", str(model), "--solver", str(solver), "--out",
+                            str(target), "--force"), target, "is also the input")
+    folder = tmp_path / "t"
+    folder.mkdir()
+    shutil.copy(net, folder / "model.caffemodel")  # a net file by that name: what train would write
+    (folder / "solver.prototxt").write_text(solver.read_text().replace(str(net), str(folder / "model.caffemodel")))
+    one_line_error(olmp("train", "--solver", str(folder / "solver.prototxt"), "--iters", "1", "--out", str(folder),
+                        "--force", "--quiet"), folder / "model.caffemodel", "is also the input")
+    assert (folder / "model.caffemodel").read_bytes() == net.read_bytes()
+    assert {p: p.read_bytes() for p in (model, npz)} == before
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_train_refuses_an_existing_model_without_force(tmp_path: Path, mnist_dir: Path) -> None:
