@@ -1,8 +1,8 @@
 """results/<model>/lossless.md: the lossless configuration and its ablation, paired by seed, from the records.
 
 The arms are told apart by what a record's ``retrain`` settings switch on, never by folder names: the
-plain run on the held-out split, distillation alone, averaging alone, and the lossless run (both
-levers, then the guarantee); the lossless run's ``guarantee.before`` is its both-levers model. The
+plain run on the held-out split, distillation alone, averaging alone, both, and each of these with the
+guarantee (a lossless run); a lossless run's ``guarantee.before`` is the model of its lever arm. The
 levers start at prune_stop_iter, so within a seed every arm has the same masks and ratio (up to the
 guarantee's restored weights). Every choice read the held-out images; the test accuracy is reported.
 """
@@ -18,58 +18,73 @@ from olmp.record import RunRecord
 from olmp.reports import load_runs
 
 OUTPUT = "lossless.md"
-ARMS = ("plain", "distill", "average", "both", "lossless")
+ARMS = ("plain", "distill", "average", "both")
 LABELS = {"plain": "held-out split only", "distill": "+ distillation", "average": "+ averaging",
-          "both": "+ both levers", "lossless": "+ both + guarantee (lossless)"}
+          "both": "+ both levers", "plain + guarantee": "+ guarantee",
+          "distill + guarantee": "+ distillation + guarantee", "average + guarantee": "+ averaging + guarantee",
+          "both + guarantee": "+ both levers + guarantee"}
 
 
-def arm(rec: RunRecord) -> str | None:
-    """Which arm a record is, or None when it is not a held-out OLMP run of one of the arms."""
+def levers(rec: RunRecord) -> str | None:
+    """The lever arm a held-out searching run trained with (plain, distill, average or both), else None."""
     r = rec.experiment.get("retrain") or {}
     if not rec.method_searches or not r.get("holdout_source"):
         return None
-    distills, averages, guarantees = r.get("distill_weight", 0) > 0, r.get("average_last", 0) > 0, r.get("guarantee")
-    if guarantees:
-        return "lossless" if distills and averages else None
     return {(False, False): "plain", (True, False): "distill", (False, True): "average",
-            (True, True): "both"}[(distills, averages)]
+            (True, True): "both"}[(r.get("distill_weight", 0) > 0, r.get("average_last", 0) > 0)]
+
+
+def arm(rec: RunRecord) -> str | None:
+    """Which column a record fills: its lever arm, or "lossless" for a run with the guarantee."""
+    if levers(rec) is None:
+        return None
+    return "lossless" if (rec.experiment.get("retrain") or {}).get("guarantee") else levers(rec)
 
 
 def _point(rec: RunRecord, which: str) -> dict[str, Any]:
-    """(ratio, test accuracy, held-out accuracy) of an arm; "both" from a lossless run's pre-guarantee model."""
-    if which == "both" and "guarantee" in rec.raw:
+    """(ratio, test accuracy, held-out accuracy) of an arm; a lever arm from a lossless run's pre-guarantee model."""
+    if which != "lossless" and "guarantee" in rec.raw:
         b = rec.raw["guarantee"]["before"]
         return {"ratio": b["ratio"], "test": b["test"]["accuracy"], "holdout": b.get("holdout", {}).get("accuracy")}
     f = rec.final
     return {"ratio": f["ratio"], "test": f["test"]["accuracy"], "holdout": (f.get("holdout") or {}).get("accuracy")}
 
 
-def table(runs: list[RunRecord]) -> tuple[dict[int, dict[str, dict[str, Any]]], dict[int, RunRecord]]:
-    """seed -> arm -> point, and seed -> its lossless record."""
+def table(runs: list[RunRecord]) -> dict[int, dict[str, dict[str, Any]]]:
+    """seed -> column -> point; a guarantee column is named after the levers it ran on ("plain + guarantee")."""
     by_seed: dict[int, dict[str, dict[str, Any]]] = {}
-    lossless: dict[int, RunRecord] = {}
     for rec in runs:
-        a = arm(rec)
-        if a is None:
+        a, lever = arm(rec), levers(rec)
+        if a is None or lever is None:
             continue
-        by_seed.setdefault(rec.seed, {})[a] = _point(rec, a)
+        row = by_seed.setdefault(rec.seed, {})
         if a == "lossless":
-            lossless[rec.seed] = rec
-            by_seed[rec.seed].setdefault("both", _point(rec, "both"))
-    return by_seed, lossless
+            g = rec.raw.get("guarantee") or {}
+            row[f"{lever} + guarantee"] = {**_point(rec, a), "reached": g.get("reached"),
+                                           "steps": len(g.get("steps", [])) - 1}
+            row.setdefault(lever, _point(rec, lever))
+        else:
+            row[lever] = _point(rec, lever)
+    return by_seed
 
 
 def _cell(p: dict[str, Any] | None) -> str:
     if p is None:
         return "-"
     held = f" ({100 * p['holdout']:.2f}%)" if p.get("holdout") is not None else ""
-    return f"{p['ratio']:.1f}x {100 * p['test']:.2f}%{held}"
+    out = f"{p['ratio']:.1f}x {100 * p['test']:.2f}%{held}"
+    if "reached" in p:
+        out += f", reached in {p['steps']} steps" if p["reached"] else f", not reached in {p['steps']} steps"
+    return out
 
 
 def markdown(model: str, runs: list[RunRecord]) -> str | None:
-    by_seed, lossless = table(runs)
+    by_seed = table(runs)
     if not by_seed:
         return None
+    guarantees = sorted({c for row in by_seed.values() for c in row if c.endswith("+ guarantee")},
+                        key=lambda c: ARMS.index(c.split(" + ")[0]))
+    columns = [*ARMS[:4], *guarantees]
     any_rec = next(r for r in runs if arm(r) is not None)
     ref = any_rec.reference
     ref_holdout = (ref.get("holdout") or {}).get("accuracy")
@@ -77,33 +92,37 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
              "Regenerated by `olmp report` from the run records. Every run prunes the net trained without the "
              "held-out images (the last 5,000 training images) from the reference trained the same way "
              f"({ref['weights']}: {100 * ref['test']['accuracy']:.2f}% test"
-             + (f", {100 * ref_holdout:.2f}% held-out" if ref_holdout is not None else "") + "). "
-             "The levers start at prune_stop_iter, so within a seed every arm has the same masks; only the "
-             "guarantee restores weights. Each cell: ratio, **test** accuracy, and in brackets the held-out "
-             "accuracy that every choice read. Nothing was chosen on the test set.", "",
-             "| seed | " + " | ".join(LABELS[a] for a in ARMS) + " | guarantee steps | reached |",
-             "|---|" + "---|" * (len(ARMS) + 2)]
+             + (f", {100 * ref_holdout:.2f}% held-out: the guarantee's target" if ref_holdout is not None else "")
+             + "). The levers start at prune_stop_iter, so within a seed every arm has the same masks; only the "
+             "guarantee restores weights, and a run it does not bring to the target keeps its model from before "
+             "it. Each cell: ratio, **test** accuracy, and in brackets the held-out accuracy that every choice "
+             "read. Nothing was chosen on the test set.", "",
+             "| seed | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for seed in sorted(by_seed):
         row = by_seed[seed]
-        g = lossless[seed].raw.get("guarantee") if seed in lossless else None
-        steps = str(len(g["steps"]) - 1) if g else "-"
-        reached = ("yes" if g["reached"] else "no") if g else "-"
-        lines.append(f"| {seed} | " + " | ".join(_cell(row.get(a)) for a in ARMS) + f" | {steps} | {reached} |")
+        lines.append(f"| {seed} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     med = []
-    for a in ARMS:
-        pts = [by_seed[s][a] for s in by_seed if a in by_seed[s]]
+    for c in columns:
+        pts = [by_seed[s][c] for s in by_seed if c in by_seed[s]]
         med.append("-" if not pts else f"{statistics.median(p['ratio'] for p in pts):.1f}x "
-                   f"{100 * statistics.median(p['test'] for p in pts):.2f}%")
-    lines.append("| median | " + " | ".join(med) + " | | |")
-    paired = [100 * (by_seed[s]["both"]["test"] - by_seed[s]["plain"]["test"]) for s in sorted(by_seed)
-              if "both" in by_seed[s] and "plain" in by_seed[s]]
-    if paired:
-        lines += ["", "Paired effect of both levers on the final test accuracy (both minus plain, same masks): "
-                  + ", ".join(f"{d:+.2f}" for d in paired) + f" points; median {statistics.median(paired):+.2f}."]
-    if lossless:
-        lines += ["", "Commands (S = seed): `olmp prune --experiment " + f"{model}_lossless --seed S --out "
-                  f"results/{model}/lossless-seedS`, `olmp prune --experiment {model}_holdout --seed S --out "
-                  f"results/{model}/holdout-ncs-seedS`; the single-lever arms are listed in sweeps/lossless.toml."]
+                   f"{100 * statistics.median(p['test'] for p in pts):.2f}%"
+                   + (f" ({100 * statistics.median(p['holdout'] for p in pts):.2f}%)"
+                      if all(p.get("holdout") is not None for p in pts) else ""))
+    lines.append("| median | " + " | ".join(med) + " |")
+    for lever in ARMS[1:4]:
+        paired = [100 * (by_seed[s][lever]["test"] - by_seed[s]["plain"]["test"]) for s in sorted(by_seed)
+                  if lever in by_seed[s] and "plain" in by_seed[s]]
+        held = [100 * (by_seed[s][lever]["holdout"] - by_seed[s]["plain"]["holdout"]) for s in sorted(by_seed)
+                if lever in by_seed[s] and "plain" in by_seed[s] and by_seed[s][lever].get("holdout") is not None
+                and by_seed[s]["plain"].get("holdout") is not None]
+        if paired:
+            lines += ["", f"Paired effect of {LABELS[lever].lstrip('+ ')} (minus plain, same masks), test accuracy: "
+                      + ", ".join(f"{d:+.2f}" for d in paired) + f" points, median {statistics.median(paired):+.2f}"
+                      + (f"; held-out: median {statistics.median(held):+.2f}" if held else "") + "."]
+    lines += ["", f"Commands (S = seed): `olmp prune --experiment {model}_lossless --seed S --out "
+              f"results/{model}/lossless-seedS`, `olmp prune --experiment {model}_holdout --seed S --out "
+              f"results/{model}/holdout-ncs-seedS`; every run is listed in sweeps/lossless.toml."]
     return "\n".join(lines) + "\n"
 
 
