@@ -126,3 +126,27 @@ def stop_then_resume(exp, out: Path, stop_at: int) -> dict:
     with pytest.raises(Stop):
         run.run()
     return pipeline.prune(exp, out, resume=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[Path, Path]:
+    """(experiment, run folder) of a real LeNet-300-100 run killed after SGD step 2, its checkpoint in
+    place (tests/killpoints.py): what the damaged-checkpoint tests resume from."""
+    import subprocess
+    import sys
+
+    from olmp import checkpoint
+
+    d = tmp_path_factory.mktemp("killed")
+    exp = d / "exp.toml"
+    exp.write_text(experiment_300100(REPO / "results/references/lenet300100/model.caffemodel", niter=6, prune_stop=4,
+                                     every=1, population=4, budget=8, record_every=1, checkpoint_every=1,
+                                     sigma="[[0, 5.0]]"))
+    out = d / "run"
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "killpoints.py"), "sgd:2", "prune", "--experiment",
+                        str(exp), "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode < 0 and checkpoint.exists(out), r.stderr[-2000:]
+    checkpoint.clean(out)
+    (out / ".lock").unlink(missing_ok=True)
+    return exp, out

@@ -11,28 +11,42 @@ must end within a time limit with exit 0, or with exit 2 and exactly one stderr 
 An accepted file must finish in seconds, so that a slow run is never mistaken for a hang: the run
 lengths (iterations, budgets, populations, batch sizes...) are drawn either invalid or small.
 
-The default budget (about 20 examples, derandomized) runs in ``make test``; set ``OLMP_SLOW=1`` for
-the larger one (200 examples, marked ``slow``).
+The same for the files olmp writes and reads back (olmp/schemas.py): a run record, a checkpoint's
+state.json and masks.npz, a sparse npz, each damaged at one key its schema declares (at any depth:
+deleted, or given a drawn JSON value) or, for the arrays, in one entry; an example the in-process
+reader still accepts is not a damage and is skipped. Each must end with exit 2 and one line naming
+the file, the inputs left byte for byte and no temporary left (``olmp report``, ``olmp prune
+--resume``, ``olmp export --dense``).
+
+The default budget (about 30 examples, derandomized) runs in ``make test``; set ``OLMP_SLOW=1`` for
+the larger one (about 440 examples, marked ``slow``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any, get_args, get_origin
 
+import numpy as np
 import pytest
 from conftest import REPO, experiment_300100
 from google.protobuf import text_encoding
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from olmp import config
+from olmp import checkpoint, config, schemas, sparse
+from olmp.errors import OlmpError
+from olmp.record import RunRecord
 
 NET = REPO / "models/lenet300100/train_test.prototxt"
 SOLVER = REPO / "solvers/lenet300100_solver.prototxt"
@@ -283,3 +297,237 @@ def test_the_unmutated_base_runs_short(tmp_path: Path, mnist_dir: Path) -> None:
     assert tomllib.loads(exp.read_text()) == {**BASE, "baseline": {}}
     prune_ends_cleanly(exp, "the base experiment")
     assert (tmp_path / "run" / "record.json").is_file()
+
+
+# ---- damaged files, from their schemas -----------------------------------------------------------
+
+RECORD = REPO / "results/lenet300100/ncs-seed1/record.json"
+FILES_FAST = {"record": 3, "state": 2, "masks": 2, "sparse": 3}
+FILES_SLOW = {"record": 80, "state": 40, "masks": 40, "sparse": 80}
+DAMAGE_DELETE = "<deleted>"  # a JSON value never drawn: the key is removed
+JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), TEXT,
+                      st.sampled_from([-1, 0, 1, 2**31, 2**63, "", "x", "nan", "1.0", "true"]))
+JSON_VALUE = st.recursive(JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                             st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6)
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation holds (``Model``, ``Model | None``, ``list[Model]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models(arg)]
+
+
+def _wrong_type(value: Any) -> st.SearchStrategy[Any]:
+    """Values of another JSON type than ``value``'s."""
+    if isinstance(value, bool):
+        return st.one_of(TEXT, st.integers(), st.none())
+    if isinstance(value, (int, float)):
+        return st.one_of(TEXT, st.booleans(), st.none(), st.sampled_from([float("nan"), float("inf"), [1], {"a": 1}]))
+    if isinstance(value, str):
+        return st.one_of(st.integers(), st.floats(), st.booleans(), st.lists(TEXT, max_size=2))
+    if isinstance(value, dict):
+        return st.one_of(st.lists(JSON_LEAF, max_size=3), TEXT, st.integers())
+    return st.one_of(st.dictionaries(TEXT, JSON_LEAF, max_size=2), TEXT, st.integers())
+
+
+@st.composite
+def schema_damages(draw: st.DrawFn, model: type[BaseModel], doc: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+    """(path, value or DAMAGE_DELETE): a key ``model`` declares, found in ``doc`` at any depth, damaged."""
+    path: list[Any] = []
+    while True:
+        name = draw(st.sampled_from([n for n in model.model_fields if n in doc]))
+        path.append(name)
+        info, value = model.model_fields[name], doc[name]
+        inner = _models(info.annotation)
+        if inner and draw(st.booleans()):  # deeper
+            if isinstance(value, list) and value and get_origin(info.annotation) is list:
+                i = draw(st.integers(0, len(value) - 1))
+                nxt, value = inner[0], value[i]
+                path.append(i)
+            elif isinstance(value, dict) and value and get_origin(info.annotation) is dict:
+                key = draw(st.sampled_from(sorted(value)))
+                nxt, value = inner[0], value[key]
+                path.append(key)
+            else:
+                nxt = inner[0]
+            if isinstance(value, dict) and any(n in value for n in nxt.model_fields):
+                model, doc = nxt, value
+                continue
+        new = draw(st.one_of(st.just(DAMAGE_DELETE), _wrong_type(value), JSON_VALUE))
+        return tuple(path), new
+
+
+def with_damage(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    doc = json.loads(json.dumps(doc))
+    where = doc
+    for part in path[:-1]:
+        where = where[part]
+    if value == DAMAGE_DELETE:
+        del where[path[-1]]
+    else:
+        where[path[-1]] = value
+    return doc
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) but a run folder's lock file, which stays after any run."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def refused_cleanly(argv: list[str], folder: Path, named: Path, what: str) -> None:
+    """``olmp ARGV`` ends with exit 2 and one line naming ``named``; ``folder`` is left byte for byte."""
+    before = _files(folder)
+    try:
+        r = subprocess.run([sys.executable, "-m", "olmp", *argv], cwd=REPO, capture_output=True, text=True,
+                           timeout=TIMEOUT, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"hang: no exit within {TIMEOUT} s\n{what}")
+    err = r.stderr.strip()
+    assert r.returncode == 2, f"exit status {r.returncode}; stderr: {err[-1500:]}\n{what}"
+    assert len(err.splitlines()) == 1 and err.startswith("olmp: error: ") and str(named) in err, f"{err}\n{what}"
+    after = _files(folder)
+    assert after == before, f"changed or left: {sorted(set(after) ^ set(before)) or 'contents'}\n{err}\n{what}"
+
+
+def _refused_in_process(read: Any, what: str) -> None:
+    """The in-process reader must refuse the damage in one line; a damage it accepts is no damage (skipped)."""
+    try:
+        read()
+    except OlmpError as exc:
+        assert "\n" not in str(exc), f"{exc}\n{what}"
+        return
+    reject()
+
+
+def check_record(tmp: Path, damage: tuple[tuple[Any, ...], Any]) -> None:
+    path, value = damage
+    model = Path(tempfile.mkdtemp(dir=tmp)) / "model"
+    (model / "run").mkdir(parents=True)
+    rec = model / "run" / "record.json"
+    rec.write_text(json.dumps(with_damage(json.loads(RECORD.read_text()), path, value)))
+    shutil.copy(RECORD.parent / "pruned.caffemodel", model / "run")
+    what = f"record.json {list(path)} = {_shown(repr(value))}"
+    _refused_in_process(lambda: RunRecord.load(rec), what)
+    refused_cleanly(["report", str(model)], model, rec, what)
+
+
+def _resumed(tmp: Path, killed: tuple[Path, Path], write: Any, name: str, what: str) -> None:
+    exp, run = killed
+    out = Path(tempfile.mkdtemp(dir=tmp)) / "run"
+    shutil.copytree(run, out)
+    write(out / "checkpoint" / name)
+    refused_cleanly(["prune", "--experiment", str(exp), "--out", str(out), "--quiet", "--resume"], out,
+                    out / "checkpoint" / name, what)
+
+
+def check_state(tmp: Path, killed: tuple[Path, Path], damage: tuple[tuple[Any, ...], Any]) -> None:
+    path, value = damage
+    good = json.loads((killed[1] / "checkpoint" / "state.json").read_text())
+    text = json.dumps(with_damage(good, path, value))
+    what = f"state.json {list(path)} = {_shown(repr(value))}"
+    probe = Path(tempfile.mkdtemp(dir=tmp))
+    (probe / "checkpoint").mkdir()
+    (probe / "checkpoint" / "state.json").write_text(text)
+    _refused_in_process(lambda: checkpoint.read_state(probe), what)
+    _resumed(tmp, killed, lambda p: p.write_text(text), "state.json", what)
+
+
+@st.composite
+def mask_damages(draw: st.DrawFn, good: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray] | bytes]:
+    """A masks.npz against its schema (schemas.check_masks: the run's keys and shapes, values 0 or 1), broken once."""
+    key = draw(st.sampled_from(sorted(good)))
+    m = good[key]
+    op = draw(st.sampled_from(["drop", "unknown", "shape", "value", "dtype", "bytes"]))
+    if op == "drop":
+        return f"{key} removed", {k: v for k, v in good.items() if k != key}
+    if op == "unknown":
+        return "an unknown key", {**good, draw(st.from_regex(r"[a-z0-9_/]{1,12}", fullmatch=True).filter(lambda k: k not in good)): m}
+    if op == "shape":
+        new = draw(st.sampled_from([m.reshape(-1)[:-1], m[..., None], np.zeros((0,), m.dtype), m.reshape(-1)]))
+        if new.shape == m.shape:
+            new = new[:-1]
+        return f"{key} shaped {new.shape}", {**good, key: new}
+    if op == "value":
+        bad = draw(st.one_of(st.floats().filter(lambda x: x not in (0.0, 1.0)), st.sampled_from([-1.0, 2.0, 0.5])))
+        new = m.astype(np.float32 if np.isfinite(bad) and abs(bad) < 3e38 else np.float64).copy()
+        new.reshape(-1)[draw(st.integers(0, new.size - 1))] = bad
+        return f"{key} holding {bad!r}", {**good, key: new}
+    if op == "dtype":
+        return f"{key} as text", {**good, key: m.astype(str)}
+    return "garbage", draw(st.sampled_from([b"", b"PK\x03\x04 no zip", b"\x00" * 64])) + draw(st.binary(max_size=16))
+
+
+def check_masks(tmp: Path, killed: tuple[Path, Path], damage: tuple[str, dict[str, np.ndarray] | bytes]) -> None:
+    label, body = damage
+
+    def write(p: Path) -> None:
+        if isinstance(body, bytes):
+            p.write_bytes(body)
+        else:
+            with open(p, "wb") as fh:
+                np.savez(fh, **body)  # type: ignore[arg-type]
+
+    _resumed(tmp, killed, write, "masks.npz", f"masks.npz: {label}")
+
+
+@st.composite
+def sparse_damages(draw: st.DrawFn, arrays: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """A sparse npz damaged in its meta (from schemas.SparseMeta) or in one of its arrays."""
+    meta = json.loads(str(arrays["meta"]))
+    if draw(st.booleans()):
+        path, value = draw(schema_damages(schemas.SparseMeta, meta))
+        return f"meta {list(path)} = {_shown(repr(value))}", {
+            **arrays, "meta": np.array(json.dumps(with_damage(meta, path, value)))}
+    key = draw(st.sampled_from(sorted(k for k in arrays if k != "meta")))
+    a = arrays[key]
+    op = draw(st.sampled_from(["drop", "truncate", "grow", "float", "negative", "text"]))
+    new = {"drop": None, "truncate": a[:-1], "grow": np.concatenate([a, a[-1:]]), "float": a.astype(np.float64) + 0.5,
+           "negative": -a.astype(np.int64) - 1, "text": a.astype(str)}[op]
+    out = {k: v for k, v in arrays.items() if k != key}
+    if new is not None:
+        out[key] = new
+    return f"{key}: {op}", out
+
+
+def check_sparse(tmp: Path, arrays_and_label: tuple[str, dict[str, np.ndarray]]) -> None:
+    label, arrays = arrays_and_label
+    d = Path(tempfile.mkdtemp(dir=tmp))
+    npz = d / "m.npz"
+    with open(npz, "wb") as fh:
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
+    _refused_in_process(lambda: sparse.load_sparse(npz), label)
+    refused_cleanly(["export", "--dense", str(npz), str(d / "m.caffemodel")], d, npz, label)
+
+
+def _budget(kind: str) -> list[Any]:
+    return [pytest.param(FILES_FAST[kind], id="fast"), pytest.param(FILES_SLOW[kind], id="slow", marks=slow)]
+
+
+@pytest.mark.parametrize("n", _budget("record"))
+def test_damaged_run_records_end_cleanly(tmp_path: Path, n: int) -> None:
+    good = json.loads(RECORD.read_text())
+    run_property(schema_damages(schemas.FinishedRunRecord, good), check_record, n, tmp_path)
+
+
+@pytest.mark.parametrize("n", _budget("state"))
+def test_damaged_checkpoint_states_end_cleanly(tmp_path: Path, killed_run: tuple[Path, Path], n: int) -> None:
+    good = json.loads((killed_run[1] / "checkpoint" / "state.json").read_text())
+    run_property(schema_damages(schemas.CheckpointState, good),
+                 lambda tmp, damage: check_state(tmp, killed_run, damage), n, tmp_path)
+
+
+@pytest.mark.parametrize("n", _budget("masks"))
+def test_damaged_checkpoint_masks_end_cleanly(tmp_path: Path, killed_run: tuple[Path, Path], n: int) -> None:
+    with np.load(killed_run[1] / "checkpoint" / "masks.npz") as z:
+        good = {k: z[k] for k in z.files}
+    run_property(mask_damages(good), lambda tmp, damage: check_masks(tmp, killed_run, damage), n, tmp_path)
+
+
+@pytest.mark.parametrize("n", _budget("sparse"))
+def test_damaged_sparse_npz_end_cleanly(tmp_path: Path, n: int) -> None:
+    sparse.export_sparse(GOOD_WEIGHTS, tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    run_property(sparse_damages(arrays), check_sparse, n, tmp_path)

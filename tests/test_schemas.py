@@ -200,23 +200,6 @@ def test_a_damaged_record_in_a_run_folder_is_never_returned(tmp_path: Path, mnis
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[Path, Path]:
-    """(experiment, run folder) of a real run killed after SGD step 2, its checkpoint in place."""
-    d = tmp_path_factory.mktemp("killed")
-    exp = d / "exp.toml"
-    exp.write_text(experiment_300100(GOOD_WEIGHTS, niter=6, prune_stop=4, every=1, population=4, budget=8,
-                                     record_every=1, checkpoint_every=1, sigma="[[0, 5.0]]"))
-    out = d / "run"
-    r = subprocess.run([sys.executable, str(REPO / "tests" / "killpoints.py"), "sgd:2", "prune", "--experiment",
-                        str(exp), "--out", str(out), "--quiet"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode < 0 and checkpoint.exists(out), r.stderr[-2000:]
-    checkpoint.clean(out)
-    (out / ".lock").unlink(missing_ok=True)
-    return exp, out
-
-
 def _resume_refused(exp: Path, out: Path, *needles: str | Path) -> None:
     before = snapshot(out)
     one_line_error(olmp("prune", "--experiment", str(exp), "--out", str(out), "--quiet", "--resume"), *needles)
