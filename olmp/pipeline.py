@@ -232,6 +232,7 @@ class Pipeline:
             for n, blobs in kept[1].items():
                 for b, w in zip(self.net.params[n], blobs):
                     b.data[...] = w
+            (self.out / "final.caffemodel").unlink()  # pruned.caffemodel is that model, bit for bit
         self.guarantee_seconds = time.perf_counter() - t0
         return {**g, "before": before}
 
