@@ -38,6 +38,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
+
 # the model's threaded part: the environment variable that sets its thread count, and the output name
 MODELS = {"lenet5": ("OMP_NUM_THREADS", "openmp_conv"), "lenet300100": ("OPENBLAS_NUM_THREADS", "blas_threads_lenet300100")}
 
@@ -164,17 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS), default="lenet5",
                     help="lenet5: Caffe's OpenMP convolution threads; lenet300100: OpenBLAS threads")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts; the first is the base")
-    ap.add_argument("--quick", action="store_true", help="few short chunks (a smoke test; rough figures)")
-    ap.add_argument("--pipeline", action="store_true", help="also one whole pipeline per thread count")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="passed to each pipeline run (e.g. pipeline.niter=3001 for a shorter one)")
-    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
-    ap.add_argument("--worker", type=int, metavar="CHUNK", help=argparse.SUPPRESS)
+    report.timing_options(ap, "also one whole pipeline per thread count")
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.model, args.worker)
-    from olmp import atomic
-
     chunk, repeats = (5, 3) if args.quick else (50, 15)
     res: dict[str, Any] = {"command": "python benchmarks/openmp_conv.py " + " ".join(argv or sys.argv[1:]),
                            "model": args.model, "machine": machine()}
@@ -184,12 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         res["pipeline"] = bench_pipeline(args.model, args.threads, args.sets)
         res["pipeline_sets"] = [f"--set {s}" for s in args.sets]
     res["machine"]["load_average_end"] = os.getloadavg()[0]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = MODELS[args.model][1] + ("_quick" if args.quick else "")
-    atomic.write_json(out / f"{name}.json", res)
-    atomic.write_text(out / f"{name}.md", markdown(res))
-    print(markdown(res))
+    report.write(args.out, MODELS[args.model][1] + ("_quick" if args.quick else ""), res, markdown)
     return 0
 
 

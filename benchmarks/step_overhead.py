@@ -34,6 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
 
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few short chunks (a smoke test; rough figures)")
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     args = ap.parse_args(argv)
-    from olmp import atomic, provenance
+    from olmp import provenance
 
     chunk, repeats = (3, 4) if args.quick else (20, 41)
     res: dict[str, Any] = {
@@ -182,12 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[step_overhead] {model}", file=sys.stderr)
         res["models"][model] = measure(model, chunk, repeats)
     res["machine"]["load_average_end"] = os.getloadavg()[0]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = "step_overhead" + ("_quick" if args.quick else "")
-    atomic.write_json(out / f"{name}.json", res)
-    atomic.write_text(out / f"{name}.md", markdown(res))
-    print(markdown(res))
+    report.write(args.out, "step_overhead" + ("_quick" if args.quick else ""), res, markdown)
     return 0
 
 

@@ -39,6 +39,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
 
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
 CONFIGS: dict[str, dict[str, str]] = {
@@ -312,18 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), metavar="PATH",
                     help=f"code paths to time ({', '.join(CONFIGS)}, or gGtT: group G on T threads); "
                          "the first is the base of the speedups")
-    ap.add_argument("--quick", action="store_true", help="few short chunks (a smoke test; rough figures)")
-    ap.add_argument("--pipeline", action="store_true", help="also the whole pipeline, first and last path")
-    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="passed to each pipeline run (e.g. pipeline.niter=3001)")
-    ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
-    ap.add_argument("--worker", type=int, metavar="CHUNK", help=argparse.SUPPRESS)
+    report.timing_options(ap, "also the whole pipeline, first and last path")
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args.model, args.worker)
     import numpy as np
 
-    from olmp import atomic, caffe_bridge, provenance
+    from olmp import caffe_bridge, provenance
 
     chunk, repeats = (3, 2) if args.quick else (30, 9)
     m = {"cpu": provenance.cpu_model(), "cores": os.cpu_count(), "usable_cores": caffe_bridge.usable_cores(),
@@ -346,12 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         res["pipeline"] = bench_pipeline(args.model, [args.configs[0], default], args.sets)
         res["pipeline_sets"] = [f"--set {s}" for s in args.sets]
     m["load_average_end"] = os.getloadavg()[0]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    name = f"step_roofline_{args.model}" + ("_quick" if args.quick else "")
-    atomic.write_json(out / f"{name}.json", res)
-    atomic.write_text(out / f"{name}.md", markdown(res))
-    print(markdown(res))
+    report.write(args.out, f"step_roofline_{args.model}" + ("_quick" if args.quick else ""), res, markdown)
     return 0
 
 
