@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from olmp.errors import OlmpError
-from olmp.mnist import load_test_set, prepare_mnist, read_idx, verify_file
+from olmp.mnist import SPLITS, load_test_set, prepare_mnist, read_idx, verify_file
 
 # Typed in from the reference doc, section 8 (uncompressed md5 / sha256).
 EXPECTED = {
@@ -274,8 +274,9 @@ def test_stale_or_partial_lmdb_is_rebuilt(mnist_dir: Path, tmp_path: Path) -> No
     dest.mkdir()
     for name in NAMES:
         shutil.copy2(mnist_dir / name, dest / name)
-    shutil.copytree(mnist_dir / "mnist_train_lmdb", dest / "mnist_train_lmdb")
-    shutil.copytree(mnist_dir / "mnist_test_lmdb", dest / "mnist_test_lmdb")
+    lmdbs = [dirname for _, _, dirname, _, _ in SPLITS.values()]
+    for dirname in lmdbs:
+        shutil.copytree(mnist_dir / dirname, dest / dirname)
     stamp = dest / "mnist_test_lmdb" / "olmp-stamp.json"
     good_stamp = json.loads(stamp.read_text())
     stamp.write_text(json.dumps({**good_stamp, "t10k-images-idx3-ubyte": "0" * 64}))
@@ -290,7 +291,7 @@ def test_stale_or_partial_lmdb_is_rebuilt(mnist_dir: Path, tmp_path: Path) -> No
     result = prepare_mnist(dest=dest, progress=False)
     assert result["rebuilt_lmdb"] == ["mnist_test_lmdb"]
     assert json.loads(stamp.read_text()) == good_stamp
-    assert sorted(p.name for p in dest.iterdir()) == sorted(NAMES + ["mnist_train_lmdb", "mnist_test_lmdb"])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(NAMES + lmdbs)
 
 
 def _lmdb_items(path: Path) -> list[tuple[bytes, bytes]]:
