@@ -50,3 +50,24 @@ def test_frozen_step_benchmark_quick(tmp_path: Path, mnist_dir: Path) -> None:
     md = (tmp_path / "frozen_step_quick.md").read_text()
     assert (f"| lenet300100 | 20 | {res['unmasked_gradients_step_ms']:.2f} | {res['masked_gradients_step_ms']:.2f} | "
             f"{res['speedup']:.2f}x | True |") in md
+
+
+def test_step_roofline_counts_the_lenet5_step_and_reports_each_path(tmp_path: Path, mnist_dir: Path) -> None:
+    """The FLOPs come from the net's shapes (checked against LeNet-5's by hand); every path is timed."""
+    r = subprocess.run([sys.executable, "benchmarks/step_roofline.py", "--quick", "--configs", "caffe", "g8t1",
+                        "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "step_roofline_lenet5_quick.json").read_text())
+    # multiply-adds x 2, batch 64: conv1 20 x 25 x 24*24 positions, conv2 50 x 500 x 8*8, ip1 500 x 800, ip2 10 x 500;
+    # conv1 has no data gradient (its input is the data)
+    by_hand = {"conv1": 2 * 20 * 25 * 576 * 64, "conv2": 2 * 50 * 500 * 64 * 64, "ip1": 2 * 500 * 800 * 64,
+               "ip2": 2 * 10 * 500 * 64}
+    for layer, f in by_hand.items():
+        assert res["flops"][layer] == {"forward": f, "weight_grad": f, "data_grad": 0.0 if layer == "conv1" else f}
+    assert res["step_gflop"] * 1e9 == pytest.approx(sum(3 * f for f in by_hand.values()) - by_hand["conv1"])
+    assert set(res["paths"]) == {"caffe", "g8t1"}
+    assert res["paths"]["g8t1"]["env"] == {"OLMP_CONV_GROUP": "8", "OMP_NUM_THREADS": "1"}
+    for p in res["paths"].values():
+        assert p["plain_ms"] > 0 and 0 < p["plain_fraction"] < 1 and set(p["layers"]) >= set(by_hand)
+    md = (tmp_path / "step_roofline_lenet5_quick.md").read_text()
+    assert f"**{res['step_gflop']:.3f} GFLOP**" in md and "| g8t1 |" in md
