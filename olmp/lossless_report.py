@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic
+from olmp import atomic, config, paths
 from olmp.record import RunRecord
 from olmp.reports import load_runs
 
@@ -50,14 +50,24 @@ def _point(rec: RunRecord, which: str) -> dict[str, Any]:
     return {"ratio": f["ratio"], "test": f["test"]["accuracy"], "holdout": (f.get("holdout") or {}).get("accuracy")}
 
 
-def table(runs: list[RunRecord]) -> dict[int, dict[str, dict[str, Any]]]:
-    """seed -> column -> point; a guarantee column is named after the levers it ran on ("plain + guarantee")."""
-    by_seed: dict[int, dict[str, dict[str, Any]]] = {}
+def _row(rec: RunRecord) -> str:
+    """The row a run pairs in: its seed, and its search's delta where that is not the model's usual one
+    (another delta gives other masks: no pair with the usual runs)."""
+    delta = (rec.experiment.get("search") or {}).get("delta")
+    model = rec.dir.parent.name if rec.dir else ""
+    shipped = paths.EXPERIMENTS_DIR / f"{model}_lossless.toml"
+    usual = config.settings(shipped).search.delta if shipped.is_file() else delta
+    return f"{rec.seed}" if delta == usual else f"{rec.seed} (delta {delta:g})"
+
+
+def table(runs: list[RunRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """row -> column -> point; a guarantee column is named after the levers it ran on ("plain + guarantee")."""
+    by_seed: dict[str, dict[str, dict[str, Any]]] = {}
     for rec in runs:
         a, lever = arm(rec), levers(rec)
         if a is None or lever is None:
             continue
-        row = by_seed.setdefault(rec.seed, {})
+        row = by_seed.setdefault(_row(rec), {})
         if a == "lossless":
             g = rec.raw.get("guarantee") or {}
             row[f"{lever} + guarantee"] = {**_point(rec, a), "reached": g.get("reached"),
@@ -99,12 +109,12 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
              "read. Nothing was chosen on the test set.", "",
              "| seed | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
              "|---|" + "---|" * len(columns)]
-    for seed in sorted(by_seed):
+    for seed in sorted(by_seed, key=lambda k: (len(k), k)):
         row = by_seed[seed]
         lines.append(f"| {seed} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     med = []
     for c in columns:
-        pts = [by_seed[s][c] for s in by_seed if c in by_seed[s]]
+        pts = [by_seed[s][c] for s in by_seed if c in by_seed[s] and "(delta" not in s]  # the usual delta only
         med.append("-" if not pts else f"{statistics.median(p['ratio'] for p in pts):.1f}x "
                    f"{100 * statistics.median(p['test'] for p in pts):.2f}%"
                    + (f" ({100 * statistics.median(p['holdout'] for p in pts):.2f}%)"
