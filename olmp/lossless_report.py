@@ -9,6 +9,7 @@ guarantee's restored weights). Every choice read the held-out images; the test a
 
 from __future__ import annotations
 
+import functools
 import statistics
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,15 @@ def _row(rec: RunRecord) -> str:
     """The row a run pairs in: its seed, and its search's delta where that is not the model's usual one
     (another delta gives other masks: no pair with the usual runs)."""
     delta = (rec.experiment.get("search") or {}).get("delta")
-    model = rec.dir.parent.name if rec.dir else ""
+    usual = _shipped_delta(rec.dir.parent.name if rec.dir else "")
+    return f"{rec.seed}" if usual is None or delta == usual else f"{rec.seed} (delta {delta:g})"
+
+
+@functools.cache
+def _shipped_delta(model: str) -> float | None:
+    """The delta of the model's shipped lossless experiment, read once per model (not once per record)."""
     shipped = paths.EXPERIMENTS_DIR / f"{model}_lossless.toml"
-    usual = config.settings(shipped).search.delta if shipped.is_file() else delta
-    return f"{rec.seed}" if delta == usual else f"{rec.seed} (delta {delta:g})"
+    return config.settings(shipped).search.delta if shipped.is_file() else None
 
 
 def table(runs: list[RunRecord]) -> dict[str, dict[str, dict[str, Any]]]:
