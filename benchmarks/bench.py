@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from olmp import atomic, caffe_bridge, config, evaluate, prototxt, reports, weights  # noqa: E402
+from olmp import atomic, caffe_bridge, config, evaluate, prototxt, reports, tables, weights  # noqa: E402
 from olmp import masks as mask_rule  # noqa: E402
 from olmp.candidate import CandidateEvaluator  # noqa: E402
 from olmp.crate_search import Scoring, search_crates  # noqa: E402
@@ -233,28 +233,22 @@ def markdown(result: dict[str, Any]) -> str:
              f"Made by `{result['command']}` on {result['machine']['cpu']} "
              f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
              f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
-             "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", "",
-             "| model | eval speedup (pipeline mix) | evals/s ours | evals/s naive | first search whole s | "
-             "in chunks s | chunks speedup | masked/plain SGD step | "
-             "plain step ms | plain steps x niter s | pipeline s | search fraction | pipeline source |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for model, r in result.items():
-        if model in ("machine", "command"):
-            continue
-        lines.append(f"| {model} | {r['eval_speedup']:.2f}x | {r['evals_per_second']:.0f} | "
-                     f"{r['naive_evals_per_second']:.0f} | {r['search_whole_s']:.1f} | {r['search_chunked_s']:.1f} | "
-                     f"{r['search_speedup_chunks']:.2f}x | "
-                     f"{r['masked_step_ratio']:.3f} | {r['plain_step_ms']:.2f} | {r['sgd_floor_seconds']:.0f} | "
-                     f"{r.get('pipeline_seconds', float('nan')):.0f} | {r.get('search_fraction', float('nan')):.3f} | "
-                     f"{r.get('pipeline_source', '-')} |")
-    for model, r in result.items():
-        if model in ("machine", "command"):
-            continue
+             "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", ""]
+    models = {k: r for k, r in result.items() if k not in ("machine", "command")}
+    lines += tables.markdown(
+        ["model", "eval speedup (pipeline mix)", "evals/s ours", "evals/s naive", "first search whole s",
+         "in chunks s", "chunks speedup", "masked/plain SGD step", "plain step ms", "plain steps x niter s",
+         "pipeline s", "search fraction", "pipeline source"],
+        ([model, f"{r['eval_speedup']:.2f}x", f"{r['evals_per_second']:.0f}", f"{r['naive_evals_per_second']:.0f}",
+          f"{r['search_whole_s']:.1f}", f"{r['search_chunked_s']:.1f}", f"{r['search_speedup_chunks']:.2f}x",
+          f"{r['masked_step_ratio']:.3f}", f"{r['plain_step_ms']:.2f}", f"{r['sgd_floor_seconds']:.0f}",
+          f"{r.get('pipeline_seconds', float('nan')):.0f}", f"{r.get('search_fraction', float('nan')):.3f}",
+          r.get("pipeline_source", "-")] for model, r in models.items()))
+    for model, r in models.items():
         lines += ["", f"## {model}: evaluation per layer set", "",
-                  "| layers | searches expected | ours ms | naive ms | speedup |", "|---|---|---|---|---|"]
-        for name, s in r["per_layer_set"].items():
-            lines.append(f"| {name} | {s['searches_expected']:.2f} | {s['ours_ms']:.2f} | {s['naive_ms']:.2f} | "
-                         f"{s['speedup']:.2f}x |")
+                  *tables.markdown(["layers", "searches expected", "ours ms", "naive ms", "speedup"], (
+                      [name, f"{s['searches_expected']:.2f}", f"{s['ours_ms']:.2f}", f"{s['naive_ms']:.2f}",
+                       f"{s['speedup']:.2f}x"] for name, s in r["per_layer_set"].items()))]
     return "\n".join(lines) + "\n"
 
 

@@ -43,8 +43,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from olmp import tables  # noqa: E402
+from olmp.published import NAMES  # noqa: E402
+
 BATCHES = (1, 64)
-NAMES = {"lenet300100": "LeNet-300-100", "lenet5": "LeNet-5"}
 CHUNK_SECONDS = 0.02  # calls per timed chunk: enough to last about this long
 
 
@@ -285,6 +287,15 @@ def _us(s: float) -> str:
     return f"{s * 1e6:,.0f} µs" if s >= 1e-4 else f"{s * 1e6:.1f} µs"
 
 
+def _speed(row: dict[str, Any], key: str) -> str:
+    """A method's cell of the inference table: pycaffe's own time, the others relative to it."""
+    if key not in row:
+        return "n/a"
+    if key == "pycaffe":
+        return f"1 ({_us(row[key]['seconds'])})"
+    return f"{row[key]['vs_pycaffe']:.2f}x"
+
+
 def render(model: str, r: dict[str, Any]) -> str:
     present = [k for k, v in r["models"].items() if v is not None]
     lines = [f"# Shipping {NAMES.get(model, model)}: bytes on disk and CPU inference time", "",
@@ -293,42 +304,32 @@ def render(model: str, r: dict[str, Any]) -> str:
              f"start and {r['machine']['load_after']:.2f} at the end; {r['threads']} thread(s) for every library "
              "(OpenBLAS, OpenMP, ONNX Runtime intra-op). Versions: "
              + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", ""]
-    lines += ["| model | weights | parameters left | ratio | test accuracy (its record) |", "|---|---|---|---|---|"]
-    for key, v in r["models"].items():
-        if v is None:
-            lines.append(f"| {key} | {r['absent'][key]} | | | |")
-            continue
-        acc = f"{100 * v['test_accuracy']:.2f}%" if v.get("test_accuracy") is not None else ""
-        lines.append(f"| {key} | `{v['weights']}` | {v['remaining']:,} / {v['total']:,} | {v['ratio']:.1f}x | {acc} |")
-    lines += ["", "## Bytes on disk", "", "| form | " + " | ".join(f"{k} | {k}, gzip -9" for k in present) + " |",
-              "|---|" + "---|---|" * len(present)]
+    lines += tables.markdown(
+        ["model", "weights", "parameters left", "ratio", "test accuracy (its record)"],
+        ([key, r["absent"][key], None, None, None] if v is None else
+         [key, f"`{v['weights']}`", f"{v['remaining']:,} / {v['total']:,}", f"{v['ratio']:.1f}x",
+          f"{100 * v['test_accuracy']:.2f}%" if v.get("test_accuracy") is not None else ""]
+         for key, v in r["models"].items()))
+    rows = []
     for form, label in FORMS.items():
-        cells = []
+        cells = [label]
         for k in present:
             v = r["models"][k]
             if form == "onnx_sparse" and not v["sparse_initializers"]:
                 cells += ["as ONNX (no weight under a third kept)", ""]
             else:
                 cells += [_size(v["bytes"][form]), _size(v["gzip_bytes"][form])]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += ["", "## Bytes on disk", "",
+              *tables.markdown(["form", *(c for k in present for c in (k, f"{k}, gzip -9"))], rows)]
     lines += ["", "## CPU inference time", "",
               f"Median of {r['rounds']} rounds, as the ratio of pycaffe's dense time for the same model and batch "
               "to each method's (above 1: faster than pycaffe, below 1: slower); pycaffe's own time in brackets. "
               "Every method's outputs were compared with pycaffe's first: the largest absolute difference of the "
               f"logits over all rows is {r['max_abs_diff']:.1e}, with the same predictions: {r['same_predictions']}.",
-              "", "| model | batch | " + " | ".join(METHODS.values()) + " |", "|---|---|" + "---|" * len(METHODS)]
-    for k in present:
-        for batch, row in r["models"][k]["batches"].items():
-            cells = []
-            for key in METHODS:
-                if key not in row:
-                    cells.append("n/a")
-                elif key == "pycaffe":
-                    cells.append(f"1 ({_us(row[key]['seconds'])})")
-                else:
-                    cells.append(f"{row[key]['vs_pycaffe']:.2f}x")
-            lines.append(f"| {k} | {batch} | " + " | ".join(cells) + " |")
-    lines += [""]
+              "", *tables.markdown(["model", "batch", *METHODS.values()], (
+                  [k, batch, *(_speed(row, key) for key in METHODS)]
+                  for k in present for batch, row in r["models"][k]["batches"].items())), ""]
     for k in present:
         if k == "reference":
             continue

@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from olmp import atomic, config  # noqa: E402
+from olmp import atomic, config, tables  # noqa: E402
 from olmp.pipeline import Pipeline  # noqa: E402
 
 EXPERIMENTS = {"lenet300100": "scripts/experiments/lenet300100_dc.toml",
@@ -80,6 +80,19 @@ def bench(exp: config.Experiment, dense: int, warm: int, chunk: int, repeats: in
                 "speedup": statistics.median(t_old) / statistics.median(t_ours), "kept_weights_equal": same}
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The report of ``result`` (the JSON beside it), so it can be rewritten from that file alone."""
+    return "\n".join([
+        "# Frozen pruned weights: SGD step with unmasked (ours) vs masked gradients", "",
+        f"Made by `{result['command']}`; medians of alternating chunks in one run.", "",
+        *tables.markdown(
+            ["model", "pruned steps before timing", "ours ms/step", "masked gradients ms/step", "speedup",
+             "kept weights equal"],
+            ([model, r["steps_before_timing"], f"{r['unmasked_gradients_step_ms']:.2f}",
+              f"{r['masked_gradients_step_ms']:.2f}", f"{r['speedup']:.2f}x", r["kept_weights_equal"]]
+             for model, r in result.items() if model != "command"))]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["lenet300100"], choices=list(EXPERIMENTS))
@@ -92,20 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[frozen_step] {model}: {dense} dense + {warm} pruned steps, then {repeats} x {chunk} timed",
               file=sys.stderr)
         result[model] = bench(config.load(REPO / EXPERIMENTS[model]), dense, warm, chunk, repeats)
-    lines = ["# Frozen pruned weights: SGD step with unmasked (ours) vs masked gradients", "",
-             f"Made by `{result['command']}`; medians of alternating chunks in one run.", "",
-             "| model | pruned steps before timing | ours ms/step | masked gradients ms/step | speedup "
-             "| kept weights equal |",
-             "|---|---|---|---|---|---|"]
-    for model in args.models:
-        r = result[model]
-        lines.append(f"| {model} | {r['steps_before_timing']} | {r['unmasked_gradients_step_ms']:.2f} | "
-                     f"{r['masked_gradients_step_ms']:.2f} | {r['speedup']:.2f}x | {r['kept_weights_equal']} |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "frozen_step_quick" if args.quick else "frozen_step"
     atomic.write_json(out / f"{name}.json", result)
-    atomic.write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+    atomic.write_text(out / f"{name}.md", markdown(result))
     print(json.dumps(result))
     return 0
 

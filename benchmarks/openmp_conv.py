@@ -44,7 +44,7 @@ import report  # noqa: E402
 # the model's threaded part: the environment variable that sets its thread count, and the output name
 MODELS = {"lenet5": ("OMP_NUM_THREADS", "openmp_conv"), "lenet300100": ("OPENBLAS_NUM_THREADS", "blas_threads_lenet300100")}
 
-from olmp import provenance  # noqa: E402
+from olmp import provenance, tables  # noqa: E402
 
 
 def worker_env(model: str, threads: int, wait: str | None = None) -> dict[str, str]:
@@ -149,16 +149,16 @@ def markdown(res: dict[str, Any]) -> str:
              "the cores (a load average near or above the core count) take the threads' cores away: "
              "only a run on idle cores shows what the threads can give.", "",
              f"Plain SGD step ({res['step']['chunk']} steps x {res['step']['repeats']} alternating chunks, medians):", "",
-             f"| {var}{' (OMP_WAIT_POLICY)' if var == 'OMP_NUM_THREADS' else ''} | step ms (median) | step ms (min) "
-             "| speedup |", "|---|---|---|---|"]
-    lines += [f"| {n} | {r['step_ms']:.2f} | {r['step_ms_min']:.2f} | {r['speedup']:.2f}x |"
-              for n, r in res["step"]["threads"].items()]
+             *tables.markdown(
+                 [var + (" (OMP_WAIT_POLICY)" if var == "OMP_NUM_THREADS" else ""), "step ms (median)",
+                  "step ms (min)", "speedup"],
+                 ([n, f"{r['step_ms']:.2f}", f"{r['step_ms_min']:.2f}", f"{r['speedup']:.2f}x"]
+                  for n, r in res["step"]["threads"].items()))]
     if "pipeline" in res:
         lines += ["", f"Whole pipeline (`olmp prune --experiment {model}` {' '.join(res['pipeline_sets'])}):", "",
-                  f"| {var} | wall s | SGD s | search s | speedup | ratio | test accuracy |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {r['wall_s']:.0f} | {r['sgd_s']:.0f} | {r['search_s']:.0f} | {r['speedup']:.2f}x | "
-                  f"{r['ratio']:.1f}x | {r['test_accuracy']:.4f} |" for n, r in res["pipeline"].items()]
+                  *tables.markdown([var, "wall s", "SGD s", "search s", "speedup", "ratio", "test accuracy"], (
+                      [n, f"{r['wall_s']:.0f}", f"{r['sgd_s']:.0f}", f"{r['search_s']:.0f}", f"{r['speedup']:.2f}x",
+                       f"{r['ratio']:.1f}x", f"{r['test_accuracy']:.4f}"] for n, r in res["pipeline"].items()))]
     return "\n".join(lines) + "\n"
 
 

@@ -36,6 +36,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import report  # noqa: E402
 
+from olmp import tables  # noqa: E402
+
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
 
 
@@ -147,20 +149,22 @@ def markdown(res: dict[str, Any]) -> str:
              f"{m['load_average_start']:.2f} at the start, {m['load_average_end']:.2f} at the end; "
              f"{res['chunk']} calls x {res['repeats']} alternating chunks, medians, ms per call. "
              "Every number comes from this one run.", "",
-             "| model | plain step | pipeline step (before) | pipeline step | step / plain (before) | step / plain | "
-             "step before/after | adjusting iteration (before) | adjusting iteration | iteration before/after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for model, r in res["models"].items():
-        lines.append(f"| {model} | {r['plain_ms']:.3f} | {r['step_previous_ms']:.3f} | {r['step_ms']:.3f} | "
-                     f"{r['step_previous_over_plain']:.3f} | {r['step_over_plain']:.3f} | "
-                     f"{r['step_before_over_after']:.3f}x | {r['iteration_previous_ms']:.3f} | {r['iteration_ms']:.3f} | "
-                     f"{r['iteration_before_over_after']:.3f}x |")
+             *tables.markdown(
+                 ["model", "plain step", "pipeline step (before)", "pipeline step", "step / plain (before)",
+                  "step / plain", "step before/after", "adjusting iteration (before)", "adjusting iteration",
+                  "iteration before/after"],
+                 ([model, f"{r['plain_ms']:.3f}", f"{r['step_previous_ms']:.3f}", f"{r['step_ms']:.3f}",
+                   f"{r['step_previous_over_plain']:.3f}", f"{r['step_over_plain']:.3f}",
+                   f"{r['step_before_over_after']:.3f}x", f"{r['iteration_previous_ms']:.3f}",
+                   f"{r['iteration_ms']:.3f}", f"{r['iteration_before_over_after']:.3f}x"]
+                  for model, r in res["models"].items()))]
     lines += ["", "The parts alone (ms per call):", "",
-              "| model | mask callbacks (apply + restore) | divergence check (before) | divergence check | "
-              "check before/after | mask updates of the selected layers |", "|---|---|---|---|---|---|"]
-    for model, r in res["models"].items():
-        lines.append(f"| {model} | {r['callbacks_ms']:.3f} | {r['divergence_previous_ms']:.3f} | "
-                     f"{r['divergence_ms']:.3f} | {r['divergence_before_over_after']:.2f}x | {r['mask_updates_ms']:.3f} |")
+              *tables.markdown(
+                  ["model", "mask callbacks (apply + restore)", "divergence check (before)", "divergence check",
+                   "check before/after", "mask updates of the selected layers"],
+                  ([model, f"{r['callbacks_ms']:.3f}", f"{r['divergence_previous_ms']:.3f}", f"{r['divergence_ms']:.3f}",
+                    f"{r['divergence_before_over_after']:.2f}x", f"{r['mask_updates_ms']:.3f}"]
+                   for model, r in res["models"].items()))]
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import report  # noqa: E402
 
+from olmp import tables  # noqa: E402
+
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
 CONFIGS: dict[str, dict[str, str]] = {
     "caffe": {"OLMP_CONV_GROUP": "0", "OLMP_CAFFE_LOOPS": "1", "OMP_NUM_THREADS": "1"},
@@ -261,6 +263,9 @@ def summarize(paths: dict[str, Any], flops: dict[str, dict[str, float]], sgemm: 
                 t["backward_fraction"] = t["backward_gflops"] / peak
 
 
+DEFAULT_ENV = "olmp's defaults"  # a path that sets no variable
+
+
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     sg = res["sgemm_gflops"]
@@ -274,27 +279,26 @@ def markdown(res: dict[str, Any]) -> str:
              f"- One training step (batch {res['batch']}): **{res['step_gflop']:.3f} GFLOP** (forward, weight and data "
              "gradients of the learnable layers, counted from the shapes).",
              f"- Timing: {res['chunk']} steps x {res['repeats']} alternating chunks per path, medians. The fraction "
-             "is of the SGEMM throughput at the path's thread count.", "",
-             "| path | environment | plain step ms | GFLOP/s | of SGEMM | pipeline step ms | GFLOP/s | of SGEMM "
-             "| speedup (pipeline step) |", "|---|---|---|---|---|---|---|---|---|"]
+             "is of the SGEMM throughput at the path's thread count.", ""]
     base = res["paths"][next(iter(res["paths"]))]["pipeline_ms"]
-    for n, r in res["paths"].items():
-        env = " ".join(f"{k}={v}" for k, v in r["env"].items()) or "olmp's defaults"
-        lines.append(f"| {n} | `{env}` | {r['plain_ms']:.2f} | {r['plain_gflops']:.1f} | {r['plain_fraction']:.0%} | "
-                     f"{r['pipeline_ms']:.2f} | {r['pipeline_gflops']:.1f} | {r['pipeline_fraction']:.0%} | "
-                     f"{base / r['pipeline_ms']:.2f}x |")
-    lines += ["", "Per layer (ms, and GFLOP/s with the fraction of SGEMM for the learnable layers):", "",
-              "| layer | " + " | ".join(f"{n} fwd | {n} bwd" for n in res["paths"]) + " |",
-              "|---|" + "---|---|" * len(res["paths"])]
-    layers = next(iter(res["paths"].values()))["layers"]
-    for lay in layers:
-        cells = []
+    lines += tables.markdown(
+        ["path", "environment", "plain step ms", "GFLOP/s", "of SGEMM", "pipeline step ms", "GFLOP/s", "of SGEMM",
+         "speedup (pipeline step)"],
+        ([n, f"`{' '.join(f'{k}={v}' for k, v in r['env'].items()) or DEFAULT_ENV}`",
+          f"{r['plain_ms']:.2f}", f"{r['plain_gflops']:.1f}", f"{r['plain_fraction']:.0%}", f"{r['pipeline_ms']:.2f}",
+          f"{r['pipeline_gflops']:.1f}", f"{r['pipeline_fraction']:.0%}", f"{base / r['pipeline_ms']:.2f}x"]
+         for n, r in res["paths"].items()))
+    rows = []
+    for lay in next(iter(res["paths"].values()))["layers"]:
+        cells = [lay]
         for r in res["paths"].values():
             t = r["layers"][lay]
             for d in ("forward", "backward"):
                 extra = f" ({t[d + '_gflops']:.0f}, {t[d + '_fraction']:.0%})" if f"{d}_gflops" in t else ""
                 cells.append(f"{t[d + '_ms']:.2f}{extra}")
-        lines.append(f"| {lay} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines += ["", "Per layer (ms, and GFLOP/s with the fraction of SGEMM for the learnable layers):", "",
+              *tables.markdown(["layer", *(f"{n} {d}" for n in res["paths"] for d in ("fwd", "bwd"))], rows)]
     if "concurrent" in res:
         c = res["concurrent"]
         lines += ["", f"Two runs at once ({c['path']}, {c['steps']} plain steps each): one after the other "
@@ -302,9 +306,9 @@ def markdown(res: dict[str, Any]) -> str:
                   f"(**{c['together_over_sequential']:.2f}x** the sequential time; at most 1.00x is the goal)."]
     if "pipeline" in res:
         lines += ["", f"Whole pipeline (`olmp prune --experiment {res['model']}` {' '.join(res['pipeline_sets'])}):",
-                  "", "| path | wall s | SGD s | search s | speedup | ratio | test accuracy |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {r['wall_s']:.0f} | {r['sgd_s']:.0f} | {r['search_s']:.0f} | {r['speedup']:.2f}x | "
-                  f"{r['ratio']:.1f}x | {r['test_accuracy']:.4f} |" for n, r in res["pipeline"].items()]
+                  "", *tables.markdown(["path", "wall s", "SGD s", "search s", "speedup", "ratio", "test accuracy"], (
+                      [n, f"{r['wall_s']:.0f}", f"{r['sgd_s']:.0f}", f"{r['search_s']:.0f}", f"{r['speedup']:.2f}x",
+                       f"{r['ratio']:.1f}x", f"{r['test_accuracy']:.4f}"] for n, r in res["pipeline"].items()))]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from olmp import atomic, config, paths
+from olmp import atomic, config, paths, tables
 from olmp.record import RunRecord
 from olmp.reports import load_runs
 
@@ -112,12 +112,9 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
              + "). The levers start at prune_stop_iter, so within a seed every arm has the same masks; only the "
              "guarantee restores weights, and a run it does not bring to the target keeps its model from before "
              "it. Each cell: ratio, **test** accuracy, and in brackets the held-out accuracy that every choice "
-             "read. Nothing was chosen on the test set.", "",
-             "| seed | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for seed in sorted(by_seed, key=lambda k: (len(k), k)):
-        row = by_seed[seed]
-        lines.append(f"| {seed} | " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+             "read. Nothing was chosen on the test set.", ""]
+    rows = [[seed, *(_cell(by_seed[seed].get(c)) for c in columns)]
+            for seed in sorted(by_seed, key=lambda k: (len(k), k))]
     med = []
     for c in columns:
         pts = [by_seed[s][c] for s in by_seed if c in by_seed[s] and "(delta" not in s]  # the usual delta only
@@ -125,7 +122,7 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
                    f"{100 * statistics.median(p['test'] for p in pts):.2f}%"
                    + (f" ({100 * statistics.median(p['holdout'] for p in pts):.2f}%)"
                       if all(p.get("holdout") is not None for p in pts) else ""))
-    lines.append("| median | " + " | ".join(med) + " |")
+    lines += tables.markdown(["seed", *(LABELS.get(c, c) for c in columns)], [*rows, ["median", *med]])
     for lever in ARMS[1:4]:
         paired = [100 * (by_seed[s][lever]["test"] - by_seed[s]["plain"]["test"]) for s in sorted(by_seed)
                   if lever in by_seed[s] and "plain" in by_seed[s]]

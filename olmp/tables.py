@@ -7,10 +7,11 @@ from collections.abc import Iterable, Sequence
 
 
 def row(cells: Iterable[object]) -> str:
-    """One table row; an empty cell is written as an empty string between its bars."""
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    """One table row. An empty string is an empty cell between its bars (``|  |``); None is a cell
+    with nothing in it (``| |``), the form the benchmark tables have always written for a missing value."""
+    return "|" + "|".join(" " if c is None else f" {c} " for c in cells) + "|"
 
 
-def markdown(head: Sequence[str], rows: Iterable[Iterable[object]]) -> list[str]:
+def markdown(head: Sequence[object], rows: Iterable[Iterable[object]]) -> list[str]:
     """The table's lines: header, separator, one line per row (cells as given, converted with str)."""
     return [row(head), "|" + "---|" * len(head)] + [row(r) for r in rows]

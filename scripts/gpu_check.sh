@@ -130,7 +130,7 @@ import json
 import sys
 from pathlib import Path
 
-from olmp import atomic
+from olmp import atomic, tables
 
 work, out, dry, sets = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
 load = lambda name: json.loads((work / f"{name}.json").read_text())  # noqa: E731
@@ -153,16 +153,13 @@ md = [
     "# GPU check (scripts/gpu_check.sh, issue 16)" + (" -- DRY RUN on the CPU path, tiny sizes" if dry else ""), "",
     f"GPU {d['gpu']}, driver {d['driver']}. pycaffe {b['variant']} build: "
     + ("cached" if b["cached"] else f"compiled in {b['seconds']:.0f} s") + ".", "",
-    "| | GPU | CPU (1 core) | GPU speedup |", "|---|---|---|---|",
-    f"| released LeNet-5, test accuracy | {ev['gpu']['accuracy']:.4f} | {ev['cpu']['accuracy']:.4f} | "
-    f"same: {res['same_accuracy']} |",
-    f"| its test loss | {ev['gpu']['loss']:.6f} | {ev['cpu']['loss']:.6f} | |",
-    f"| plain SGD step ms | {speed['gpu']['plain_step_ms']:.3f} | {speed['cpu']['plain_step_ms']:.3f} | "
-    f"{g['plain_step']:.2f}x |",
-    f"| masked SGD step ms | {speed['gpu']['masked_step_ms']:.3f} | {speed['cpu']['masked_step_ms']:.3f} | "
-    f"{g['masked_step']:.2f}x |",
-    f"| candidate evaluation ms | {speed['gpu']['eval_ms']:.3f} | {speed['cpu']['eval_ms']:.3f} | "
-    f"{g['candidate_evaluation']:.2f}x |", "",
+    *tables.markdown([None, "GPU", "CPU (1 core)", "GPU speedup"], [
+        ["released LeNet-5, test accuracy", f"{ev['gpu']['accuracy']:.4f}", f"{ev['cpu']['accuracy']:.4f}",
+         f"same: {res['same_accuracy']}"],
+        ["its test loss", f"{ev['gpu']['loss']:.6f}", f"{ev['cpu']['loss']:.6f}", None],
+        *([label, f"{speed['gpu'][key]:.3f}", f"{speed['cpu'][key]:.3f}", f"{g[name]:.2f}x"] for label, key, name in (
+            ("plain SGD step ms", "plain_step_ms", "plain_step"), ("masked SGD step ms", "masked_step_ms", "masked_step"),
+            ("candidate evaluation ms", "eval_ms", "candidate_evaluation")))]), "",
     f"Shortened LeNet-5 pipeline on the GPU ({sets}): {p['wall_s']:.0f} s wall ({p['sgd_s']:.0f} s SGD, "
     f"{p['search_s']:.0f} s search), {p['ratio']:.1f}x, test accuracy {p['test_accuracy']:.4f}.",
 ]
