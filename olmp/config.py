@@ -214,7 +214,7 @@ class Experiment:
         try:
             return dataclasses.replace(self, **changes)
         except ValidationError as exc:
-            raise OlmpError(_explain(exc, changes), self.source or None) from None
+            raise OlmpError(explain(exc, changes), self.source or None) from None
 
 
 _EXPERIMENT = TypeAdapter(Experiment)
@@ -227,11 +227,14 @@ _RANGE = {  # pydantic's error type -> the bound it broke, in the messages' word
 }
 
 
-def _explain(exc: ValidationError, given: Mapping[str, Any], unknown: Sequence[str] = ()) -> str:
+def explain(exc: ValidationError, given: Mapping[str, Any], unknown: Sequence[str] = (),
+            model: Any = Experiment) -> str:
     """The first problem of a ValidationError as ``KEY must be WHAT, got VALUE`` (or the missing/unknown keys).
 
     ``given`` is what was validated (the parsed file, or replace()'s changes): the value shown is the
-    whole value of the key as written, even when pydantic found the fault inside it.
+    whole value of the key as written, even when pydantic found the fault inside it. ``model`` is the
+    class validated: every hand-written file (an experiment, a sweep) says what a key takes in the
+    same words, from its fields' descriptions and bounds.
     """
     errors = exc.errors(include_url=False)
     if not errors[0]["loc"]:  # not about one key (the file is always a table: not expected)
@@ -244,7 +247,7 @@ def _explain(exc: ValidationError, given: Mapping[str, Any], unknown: Sequence[s
     if unknown:
         return f"unknown key(s) {', '.join(unknown)}"
     err = next((e for e in errors if e["type"] not in _RANGE), errors[0])  # a wrong type before a wrong size
-    key, info = _key(err["loc"]), _field(err["loc"])
+    key, info = _key(err["loc"]), _field(err["loc"], model)
     if key in SECTIONS:
         return f"[{key}] must be a table"
     if err["type"] in _RANGE and len(err["loc"]) == key.count(".") + 1:  # the value itself, not a part of it
@@ -263,9 +266,8 @@ def _key(loc: tuple[int | str, ...]) -> str:
     return f"{head}.{loc[1]}" if head in SECTIONS and len(loc) > 1 else head
 
 
-def _field(loc: tuple[int | str, ...]) -> FieldInfo:
-    cls: Any = Experiment
-    fields = cls.__pydantic_fields__
+def _field(loc: tuple[int | str, ...], model: Any) -> FieldInfo:
+    fields = model.__pydantic_fields__
     if str(loc[0]) in SECTIONS and len(loc) > 1:
         fields = fields[str(loc[0])].annotation.__pydantic_fields__
         loc = loc[1:]
@@ -425,7 +427,7 @@ def _validate(raw: dict[str, Any], path: Path) -> Experiment:
     try:
         exp = _EXPERIMENT.validate_python({k: v for k, v in raw.items() if k not in ours})
     except ValidationError as exc:
-        raise OlmpError(_explain(exc, raw, ours), path) from None
+        raise OlmpError(explain(exc, raw, ours), path) from None
     if ours:
         raise OlmpError(f"unknown key(s) {', '.join(ours)}", path)
     return exp

@@ -157,7 +157,7 @@ def test_paper_sweep_is_what_the_generator_writes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("text", "says"), [
     ('runs = [{ experiment = "lenet300100" }]', "run 1: missing key(s) out"),
     ('runs = [{ out = "x", experiment = "nope" }]', "run 1 (x): unknown experiment 'nope'"),
-    ('runs = [{ out = "x", experiment = "lenet300100", seed = -1 }]', "run 1 (x): seed must be an integer"),
+    ('runs = [{ out = "x", experiment = "lenet300100", seed = -1 }]', "run 1 (x): seed must be in [0, 2147483647], got -1"),
     ('runs = [{ out = "x", experiment = "lenet300100", seed = "1" }]', "run 1 (x): seed must be an integer"),
     ('runs = [{ out = "x", experiment = "lenet300100", sed = 1 }]', "run 1 (x): unknown key(s) sed"),
     ('runs = [{ out = "../x", experiment = "lenet300100" }]', "run 1: out must be a folder under root"),
