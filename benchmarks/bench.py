@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from olmp import atomic, caffe_bridge, config, evaluate, prototxt, reports, tables, weights  # noqa: E402
+from olmp import atomic, caffe_run, config, evaluate, reports, tables  # noqa: E402
 from olmp import masks as mask_rule  # noqa: E402
 from olmp.candidate import CandidateEvaluator  # noqa: E402
 from olmp.crate_search import Scoring, search_crates  # noqa: E402
@@ -136,7 +136,7 @@ def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
     masks put back after each), alternating; the two records must be the same apart from their seconds.
     """
     exp = pipe.exp
-    crates = pipe.policy.crates
+    crates = dict(pipe.policy.fields()["crates"])  # a copy: the search changes it, and it is put back
     saved = (pipe.draws.state(), dict(crates), pipe.layers.state())
     parts = pipe.chunks
     small = exp.replace(search=exp.search.__class__(**{**vars(exp.search), "budget": budget}))
@@ -159,15 +159,10 @@ def bench_search(pipe: Pipeline, budget: int, repeats: int) -> dict[str, Any]:
 
 # -- (b) masked SGD step --------------------------------------------------------------------------
 def plain_solver(pipe: Pipeline) -> Any:
-    sp = prototxt.read_solver(pipe.exp.solver)
-    sp.random_seed = pipe.exp.seed
-    sp.test_interval = 2**31 - 1
-    sp.test_initialization = False
-    sp.display = 0
-    sp.snapshot = 0
-    solver = caffe_bridge.make_solver(sp)
-    weights.load_weights(solver.net, prototxt.resolve_path(pipe.exp.weights))
-    return solver
+    """The same solver and reference with no masks: Caffe's own step, the baseline of the masked one."""
+    exp = pipe.exp
+    return caffe_run.open_run(caffe_run.solver_param(exp.solver, exp.seed), exp.seed, (), weights_file=exp.weights,
+                              source=exp.solver).solver
 
 
 def bench_step(pipe: Pipeline, chunk: int, repeats: int) -> dict[str, Any]:
@@ -268,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             pipe = Pipeline(exp, Path(tmp), progress=False)
             pipe.sgd_step(-1)  # a minibatch in the blobs, masks from the initial crates as at the first search
-            for n in exp.layers:
-                pipe.layers.update(n, threshold(pipe.stats[n], pipe.policy.crates[n]))
+            pipe.policy.update_masks(list(exp.layers))
             print(f"[bench] {model}: candidate evaluation", file=sys.stderr)
             r = bench_evaluation(pipe, evals, repeats, rng)
             print(f"[bench] {model}: one search, whole batch and in chunks", file=sys.stderr)

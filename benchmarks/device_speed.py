@@ -28,7 +28,6 @@ import bench  # noqa: E402  (after the path: the benchmark's functions, not copi
 
 from olmp import atomic, caffe_bridge, config  # noqa: E402
 from olmp.pipeline import Pipeline  # noqa: E402
-from olmp.thresholds import threshold  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(exp, Path(tmp), progress=False)
         pipe.sgd_step(-1)  # as bench.py: a minibatch in the blobs, the initial crates' masks
-        for n in exp.layers:
-            pipe.layers.update(n, threshold(pipe.stats[n], pipe.policy.crates[n]))
+        pipe.policy.update_masks(list(exp.layers))
         ev = bench.bench_evaluation(pipe, evals, repeats, np.random.default_rng(1))
         step = bench.bench_step(pipe, chunk, repeats * 3)
     res = {"device": f"gpu {args.gpu}" if args.gpu is not None else "cpu",

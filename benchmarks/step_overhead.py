@@ -58,15 +58,13 @@ def measure(model: str, chunk: int, repeats: int) -> dict[str, Any]:
 
     from olmp import config, train
     from olmp.pipeline import Pipeline
-    from olmp.thresholds import threshold
 
     exp = config.load(REPO / EXPERIMENTS[model])
     current = train.divergence
     with tempfile.TemporaryDirectory() as tmp:
         pipe = Pipeline(exp, Path(tmp), progress=False)
         pipe.sgd_step(-1)
-        for n in exp.layers:
-            pipe.layers.update(n, threshold(pipe.stats[n], pipe.policy.crates[n]))
+        pipe.policy.update_masks(list(exp.layers))
         plain = plain_solver(pipe)
         every, stop = exp.search.every, exp.pipeline.prune_stop_iter
         itrs = [i for i in range(1, stop) if i % every][:: max(1, stop // 997)]

@@ -13,6 +13,12 @@ from typing import Any
 import numpy as np
 
 from olmp.adjusting import MaskedLayers
+from olmp.config import RetrainConfig
+
+
+def due(steps_left: int, cfg: RetrainConfig) -> bool:
+    """Whether the model after a step with ``steps_left`` steps still to come joins the average."""
+    return steps_left < cfg.average_last and steps_left % cfg.average_every == 0
 
 
 class WeightAverage:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 _caffe: ModuleType | None = None
 PROBE_SECONDS = 60.0  # a probe child taking longer is given up on (see probe)
@@ -28,6 +29,18 @@ _built = False  # whether this process has built a Caffe net (and so may run Caf
 _gpu: int | None = None  # None: CPU (the default); else the CUDA device every net runs on
 # a CUDA build of _caffe.so links the CUDA runtime (shared or static); a CPU_ONLY one never names it
 _CUDA_MARKERS = (b"libcudart", b"cudaGetDeviceCount")
+
+
+class CaffeError(Exception):
+    """Caffe refused or failed (a rejected net, a failed write, no pycaffe), in one line naming ``where``.
+
+    The bridge sits below the package and imports nothing from it: the callers that open Caffe
+    objects (olmp/caffe_run.py, olmp/prototxt.py, olmp/checkpoint.py) re-raise it as their OlmpError,
+    and the command line prints either as its one line."""
+
+    def __init__(self, message: str, where: str | os.PathLike | None = None) -> None:
+        message = " ".join(str(message).split())
+        super().__init__(f"{where}: {message}" if where is not None else message)
 
 
 def set_verbose(verbose: bool) -> None:
@@ -46,9 +59,7 @@ def caffe() -> ModuleType:
         try:
             import caffe as _c  # noqa: PLC0415
         except ImportError as exc:
-            from olmp.errors import OlmpError  # noqa: PLC0415  (only on this failure)
-
-            raise OlmpError(f"pycaffe is not importable ({exc}); run `make setup`") from exc
+            raise CaffeError(f"pycaffe is not importable ({exc}); run `make setup`") from exc
         _c.set_mode_cpu()
         _caffe = _c
     return _caffe
@@ -120,13 +131,11 @@ def use_gpu(device: int | None) -> None:
     global _gpu
     if device is None:
         return
-    from olmp.errors import OlmpError  # noqa: PLC0415
-
     if device < 0:
-        raise OlmpError(f"--gpu must be a device number >= 0, got {device}")
+        raise CaffeError(f"--gpu must be a device number >= 0, got {device}")
     c = caffe()
     if not has_cuda():
-        raise OlmpError(
+        raise CaffeError(
             f"--gpu {device}: this pycaffe is a CPU_ONLY build; run without --gpu, or on a CUDA machine "
             "rebuild with `OLMP_CAFFE_VARIANT=cuda make setup` (see docker/README.md)",
             library_path(),
@@ -136,7 +145,7 @@ def use_gpu(device: int | None) -> None:
         c.set_device(device)
     except RuntimeError as e:
         c.set_mode_cpu()
-        raise OlmpError(f"--gpu {device}: {e}") from None
+        raise CaffeError(f"--gpu {device}: {e}") from None
     _gpu = device
 
 
@@ -200,29 +209,27 @@ def probe(build: Callable[[], object], where: str) -> None:
     """Build once in a forked child first (only safe while Caffe runs no threads: see above).
 
     Caffe reports a bad net by CHECK-failing, which aborts the whole process; in a child
-    the abort only ends the child, and its glog line becomes a one-line OlmpError here.
+    the abort only ends the child, and its glog line becomes a one-line CaffeError here.
     A Python exception in the child is ignored: the real build below raises it again. No
     Caffe thread runs before the first build, so a child still building after
     PROBE_SECONDS is stuck in Caffe itself (e.g. its data reader on an absurd batch): an
     error, never a build for real that would hang the same way.
     """
-    from olmp.errors import OlmpError  # noqa: PLC0415
-
     seconds = float(os.environ.get("OLMP_PROBE_SECONDS", PROBE_SECONDS))
     code, log = _in_child(build, seconds, swallow=True)
     if code is None and BUILT in log:
         return  # built; only the first training step after it is slow (a large net), not stuck
     if code is None:
-        raise OlmpError(f"Caffe did not finish building the net within {seconds:.0f} s "
+        raise CaffeError(f"Caffe did not finish building the net within {seconds:.0f} s "
                         "(a batch or layer too large for this machine?)", where)
     if code != 0:
-        raise OlmpError(f"Caffe rejects it: {_fatal_line(log)}", where)
+        raise CaffeError(f"Caffe rejects it: {_fatal_line(log)}", where)
 
 
 SNAPSHOT_SECONDS = 600.0  # a snapshot child taking longer is given up on (see snapshot)
 
 
-def snapshot(solver: object, folder: Path, where: str | os.PathLike, need: int = 0) -> None:
+def snapshot(solver: Any, folder: Path, where: str | os.PathLike, need: int = 0) -> None:
     """``solver.snapshot()`` where a failed write cannot abort this process.
 
     Caffe CHECK-fails (SIGABRT) when it cannot write a snapshot, e.g. on a full disk. On the
@@ -231,18 +238,16 @@ def snapshot(solver: object, folder: Path, where: str | os.PathLike, need: int =
     lock); should it still hang past SNAPSHOT_SECONDS (a lock copied by fork), the snapshot is written here after
     checking that ``need`` bytes are free. On the GPU (no fork) only that check is made.
     """
-    from olmp.errors import OlmpError  # noqa: PLC0415
-
     if _gpu is None:
         code, log = _in_child(solver.snapshot, SNAPSHOT_SECONDS, swallow=False)
         if code == 0:
             return
         if code is not None:
             if _free_bytes(folder) < max(need, 1):
-                raise OlmpError("cannot write: No space left on device (disk full); nothing was written", where)
-            raise OlmpError(f"cannot write: Caffe could not save the snapshot ({_fatal_line(log)})", where)
+                raise CaffeError("cannot write: No space left on device (disk full); nothing was written", where)
+            raise CaffeError(f"cannot write: Caffe could not save the snapshot ({_fatal_line(log)})", where)
     if _free_bytes(folder) < need:
-        raise OlmpError("cannot write: No space left on device (disk full); nothing was written", where)
+        raise CaffeError("cannot write: No space left on device (disk full); nothing was written", where)
     solver.snapshot()
 
 
@@ -300,7 +305,7 @@ def make_solver(solver_param: object, source: str | os.PathLike | None = None): 
                                then=lambda solver: solver.step(1))
 
 
-def restore_solver(solver: object, state: object) -> None:
+def restore_solver(solver: Any, state: Any) -> None:
     """Put a live solver into ``state`` (a SolverState message): Caffe restores only from a file."""
     with tempfile.NamedTemporaryFile(suffix=".solverstate") as fh:
         fh.write(state.SerializeToString())

@@ -106,7 +106,10 @@ def take_snapshot(solver: Any, snap_dir: Path, where: Path) -> None:
     except OSError as exc:
         raise OlmpError(f"cannot write: {exc.strerror or exc}", where) from None
     need = 3 * 4 * sum(b.data.size for blobs in solver.net.params.values() for b in blobs)
-    caffe_bridge.snapshot(solver, snap_dir, where, need)
+    try:
+        caffe_bridge.snapshot(solver, snap_dir, where, need)
+    except caffe_bridge.CaffeError as exc:
+        raise OlmpError(str(exc)) from None
 
 
 def _assemble(out: Path, snap_dir: Path, mask_state: dict[str, np.ndarray], state: dict[str, Any],

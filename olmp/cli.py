@@ -180,7 +180,7 @@ def cmd_transplant(args: argparse.Namespace) -> int:
         raise OlmpError("transplant needs --experiment, --masks, --weights and --out (or --table DIR)")
     from olmp import config
 
-    exp = config.load(args.experiment)
+    exp = config.load(args.experiment, args.set or ())
     rec = transplant.run(exp, paths.from_cwd(args.masks), paths.from_cwd(args.weights), args.out,
                          progress=not args.quiet)
     _print_json({k: rec[k] for k in ("ratio", "test_before", "test_final")})
@@ -330,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--weights", help="caffemodel whose weights are retrained under them")
     tp.add_argument("--out", help="folder for record.json")
     tp.add_argument("--table", metavar="DIR", help="write DIR/mask-transplant.{json,md} from DIR/transplant/*/")
+    tp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="change one setting of the experiment (repeatable), e.g. retrain.average_last=5000")
     tp.add_argument("--quiet", action="store_true")
     _gpu_option(tp)
     tp.set_defaults(func=cmd_transplant)
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         caffe_bridge.use_gpu(getattr(args, "gpu", None))
         return args.func(args)
-    except OlmpError as exc:
+    except (OlmpError, caffe_bridge.CaffeError) as exc:
         print(f"olmp: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the environment: permissions, a full disk, a folder where a file goes

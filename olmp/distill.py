@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from olmp import caffe_bridge
+from olmp import caffe_bridge, prototxt, weights
+from olmp.config import RetrainConfig
+from olmp.errors import OlmpError
 
 LAYER = "SoftTargetLoss"
 TOP = "soft_target_loss"
@@ -36,6 +39,37 @@ class Teacher:
 
 
 _TEACHERS: dict[str, Teacher] = {}  # key (param_str) -> the teacher; absent: the layer adds nothing
+
+
+def train_io(net_param: Any) -> tuple[str, str]:
+    """(logits, images) blob names of a net's TRAIN phase: its SoftmaxWithLoss's first bottom, its data top."""
+    pb = caffe_bridge.caffe_pb2()
+    layers = prototxt.layers_in_phase(net_param, pb.TRAIN)
+    loss = next((lay for lay in layers if lay.type == "SoftmaxWithLoss"), None)
+    data = next((lay for lay in layers if not lay.bottom and lay.top), None)
+    if loss is None or data is None:
+        raise OlmpError("retrain.distill_weight needs a TRAIN phase with a data layer and a SoftmaxWithLoss")
+    return loss.bottom[0], data.top[0]
+
+
+def student(sp: Any, key: str) -> Any:
+    """A copy of solver settings ``sp`` whose net has the soft-target layer (inert until ``activate(key)``)."""
+    pb = caffe_bridge.caffe_pb2()
+    out = pb.SolverParameter()
+    out.CopyFrom(sp)
+    out.net_param.layer.append(layer_param(pb, key, *train_io(sp.net_param)))
+    return out
+
+
+def teacher(net: Any, net_param: Any, weights_file: str | Path, cfg: RetrainConfig,
+            source: str | Path | None = None) -> Teacher:
+    """``weights_file`` (the dense reference) as a TEST-phase net fed the student ``net``'s minibatch."""
+    pb = caffe_bridge.caffe_pb2()
+    logits, _ = train_io(net_param)
+    shapes = {top: net.blobs[top].data.shape for top in net.blobs}
+    tnet = prototxt.make_net(prototxt.input_net_param(net_param, pb.TEST, shapes), "test", source=source)
+    weights.load_weights(tnet, prototxt.resolve_path(weights_file))
+    return Teacher(tnet, logits, cfg.distill_temperature, cfg.distill_weight)
 
 
 def activate(key: str, teacher: Teacher) -> None:

@@ -30,8 +30,20 @@ from typing import Any
 
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, checkpoint, distill, evaluate, guarantee, prototxt, record, train, weights
-from olmp.adjusting import MaskedLayers
+from olmp import (
+    atomic,
+    averaging,
+    caffe_bridge,
+    caffe_run,
+    checkpoint,
+    distill,
+    evaluate,
+    guarantee,
+    prototxt,
+    record,
+    train,
+    weights,
+)
 from olmp.averaging import WeightAverage
 from olmp.candidate import Chunk, chunk_nets
 from olmp.config import Experiment
@@ -39,7 +51,7 @@ from olmp.crate_search import Scoring
 from olmp.errors import OlmpError
 from olmp.modes import MODES
 from olmp.policies import POLICIES, RunContext
-from olmp.thresholds import LayerStats, layer_stats
+from olmp.thresholds import LayerStats
 
 
 class Pipeline:
@@ -50,45 +62,24 @@ class Pipeline:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.progress = progress
-        sp = prototxt.read_solver(exp.solver)
-        sp.random_seed = exp.seed
-        sp.test_interval = 2**31 - 1  # never: Caffe would test the dense W; we test W*M ourselves
-        sp.test_initialization = False
-        sp.display = 0
-        sp.snapshot = 0
-        sp.max_iter = exp.pipeline.niter + 1
-        sp.snapshot_format = caffe_bridge.caffe_pb2().SolverParameter.BINARYPROTO
-        sp.snapshot_prefix = str(self.out / checkpoint.SNAPSHOT / "snap")
+        sp = caffe_run.solver_param(exp.solver, exp.seed, exp.pipeline.niter + 1,
+                                    snapshot_prefix=self.out / checkpoint.SNAPSHOT / "snap")
         self.net_param = self._eval_net_param = sp.net_param
         self.distill_key = ""
         if exp.retrain.distills:  # a loss layer that adds nothing until retraining registers the teacher
-            pb0 = caffe_bridge.caffe_pb2()
-            student = pb0.SolverParameter()
-            student.CopyFrom(sp)
             self.distill_key = str(self.out.resolve())
-            student.net_param.layer.append(distill.layer_param(pb0, self.distill_key, *_train_io(sp.net_param)))
-            sp = student
-        caffe_bridge.set_random_seed(exp.seed)
-        self.solver = caffe_bridge.make_solver(sp, source=exp.solver)
-        self.net = self.solver.net
-        self.test_net = self.solver.test_nets[0]
-        self.test_net.share_with(self.net)  # Caffe only shares inside its own Test(); we test ourselves
-        self.test_images = evaluate.test_set_size(self.net_param)
-        self.data_layer = self.net._layer_names[0]
-        self.types = {n: lay.type for n, lay in zip(self.net._layer_names, self.net.layers)}
-        for name in exp.layers:
-            if name not in self.types:
-                raise OlmpError(f"unknown layer '{name}' (net has {', '.join(self.net.params)})", exp.source)
-            if self.types[name] not in prototxt.PRUNABLE_TYPES:
-                raise OlmpError(f"layer '{name}' is a {self.types[name]}, not Convolution/InnerProduct", exp.source)
-        self.reference = weights.load_weights(self.net, prototxt.resolve_path(exp.weights))
-        # mu_l, sigma_l: computed once from the reference (dense) model
-        self.stats: dict[str, LayerStats] = {
-            n: layer_stats(*([b.data for b in self.net.params[n]][:2] + [None])[:2]) for n in exp.layers
-        }
+            sp = distill.student(sp, self.distill_key)
         policy_class = POLICIES[exp.method]
-        self.layers = MaskedLayers(self.net, exp.layers, straight_through=policy_class.straight_through)
-        self.layers.attach(self.solver)
+        run = caffe_run.open_run(sp, exp.seed, exp.layers, weights_file=exp.weights,
+                                 straight_through=policy_class.straight_through, source=exp.solver,
+                                 layers_source=exp.source)
+        self.solver, self.net, self.test_net = run.solver, run.net, run.test_net
+        self.test_images = evaluate.test_set_size(self.net_param)
+        self.data_layer = run.data_layer
+        self.types = run.types
+        self.reference = run.reference
+        self.stats: dict[str, LayerStats] = run.stats  # mu_l, sigma_l: computed once from the reference (dense) model
+        self.layers = run.layers
         pb = caffe_bridge.caffe_pb2()
         images = policy_class.evaluation_images(exp)  # a fixed batch of training images, or the minibatch
         if images:
@@ -190,20 +181,10 @@ class Pipeline:
     def _holdout_accuracy(self) -> float:
         return self._holdout_accuracy_loss()[0]
 
-    def _teacher(self) -> distill.Teacher:
-        """The dense reference as a TEST-phase net fed the student's minibatch (olmp/distill.py)."""
-        pb = caffe_bridge.caffe_pb2()
-        logits, data = _train_io(self.net_param)
-        shapes = {top: self.net.blobs[top].data.shape for top in self.net.blobs}
-        net = prototxt.make_net(prototxt.input_net_param(self.net_param, pb.TEST, shapes), "test",
-                                    source=self.exp.source)
-        weights.load_weights(net, prototxt.resolve_path(self.exp.weights))
-        r = self.exp.retrain
-        return distill.Teacher(net, logits, r.distill_temperature, r.distill_weight)
-
     def _start_retraining_levers(self) -> None:
-        if self.distill_key:
-            distill.activate(self.distill_key, self._teacher())
+        if self.distill_key:  # the dense reference teaches from here on
+            distill.activate(self.distill_key, distill.teacher(self.net, self.net_param, self.exp.weights,
+                                                               self.exp.retrain, self.exp.source))
 
     def _guarantee(self, final: dict[str, Any], held_out: dict[str, Any]) -> dict[str, Any]:
         """Restore weights until no held-out loss (olmp/guarantee.py); the model before it is final.caffemodel.
@@ -277,10 +258,8 @@ class Pipeline:
         import shutil  # noqa: PLC0415
 
         snap = self.out / checkpoint.SNAPSHOT
-        shutil.rmtree(snap, ignore_errors=True)
-        snap.mkdir()
         try:
-            caffe_bridge.snapshot(self.solver, snap, self.out)  # a full disk: an error, not an abort
+            checkpoint.take_snapshot(self.solver, snap, self.out)  # a full disk: an error, not an abort
             ss = caffe_bridge.caffe_pb2().SolverState()
             ss.ParseFromString(next(snap.glob("*.solverstate")).read_bytes())
         finally:
@@ -380,7 +359,7 @@ class Pipeline:
             if itr == max(start, p.prune_stop_iter):  # retraining begins (or a resumed run is inside it)
                 self._start_retraining_levers()
             self.sgd_step(itr)
-            if self.average and itr >= p.niter - r.average_last and (p.niter - 1 - itr) % r.average_every == 0:
+            if self.average and averaging.due(p.niter - 1 - itr, r):
                 self.average.add(self.layers)
             if itr % p.record_every == 0 or itr == p.niter - 1:
                 entry = {"iteration": itr, "ratio": self.ratio(), "batch_accuracy": self.batch_accuracy(),
@@ -438,17 +417,6 @@ class Pipeline:
         if self.distill_key:  # a process that runs several runs keeps no teacher alive
             distill.deactivate(self.distill_key)
         return self.record
-
-
-def _train_io(net_param: Any) -> tuple[str, str]:
-    """(logits, images) blob names of a net's TRAIN phase: its SoftmaxWithLoss's first bottom, its data top."""
-    pb = caffe_bridge.caffe_pb2()
-    layers = prototxt.layers_in_phase(net_param, pb.TRAIN)
-    loss = next((lay for lay in layers if lay.type == "SoftmaxWithLoss"), None)
-    data = next((lay for lay in layers if not lay.bottom and lay.top), None)
-    if loss is None or data is None:
-        raise OlmpError("retrain.distill_weight needs a TRAIN phase with a data layer and a SoftmaxWithLoss")
-    return loss.bottom[0], data.top[0]
 
 
 def prune(exp: Experiment, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:

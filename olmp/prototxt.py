@@ -360,7 +360,10 @@ def check_data_batches(net: Any, path: str | Path) -> None:
 def make_net(net_param: Any, phase: str = "test", source: str | os.PathLike | None = None) -> Any:
     """A caffe.Net from a checked NetParameter, its data batches checked first (derived nets too)."""
     check_data_batches(net_param, source or getattr(net_param, "name", "") or "net")
-    return caffe_bridge.make_net(net_param, phase, source)
+    try:
+        return caffe_bridge.make_net(net_param, phase, source)
+    except caffe_bridge.CaffeError as exc:
+        raise OlmpError(str(exc)) from None
 
 
 def check_validation_batch(net: Any, images: int, where: str | Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, evaluate, prototxt, weights
+from olmp import atomic, caffe_bridge, caffe_run, evaluate, prototxt, weights
 from olmp.errors import OlmpError
 
 CHUNK = 100  # solver steps between progress updates
@@ -89,14 +89,7 @@ def train(
     iters = int(iters if iters is not None else sp.max_iter)
     if not 0 < iters < 2**31:  # Caffe counts iterations in an int
         raise OlmpError(f"--iters must be in [1, {2**31 - 1}], got {iters}")
-    sp.max_iter = iters
-    sp.random_seed = seed
-    sp.test_interval = 2**31 - 1  # never: we evaluate ourselves at the end
-    sp.test_initialization = False
-    sp.snapshot = 0
-    sp.display = 0
-    caffe_bridge.set_random_seed(seed)
-    solver = caffe_bridge.make_solver(sp, source=solver_path)
+    solver = caffe_run.make_solver(caffe_run.solver_param(sp, seed, iters), seed, source=solver_path)
     initial = [b.data.copy() for blobs in solver.net.params.values() for b in blobs] if require_progress else []
     start = time.perf_counter()
     curve = []

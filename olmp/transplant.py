@@ -21,8 +21,20 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from olmp import atomic, caffe_bridge, evaluate, prototxt, schemas, tables, train, weights
-from olmp.adjusting import MaskedLayers
+from olmp import (
+    atomic,
+    averaging,
+    caffe_bridge,
+    caffe_run,
+    distill,
+    evaluate,
+    prototxt,
+    schemas,
+    tables,
+    train,
+    weights,
+)
+from olmp.averaging import WeightAverage
 from olmp.config import Experiment
 from olmp.errors import OlmpError
 
@@ -60,47 +72,56 @@ def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, p
     """Retrain ``weights_path`` under the frozen masks of ``masks_path``; return the record."""
     p = exp.pipeline
     start_iter, steps = p.prune_stop_iter + 1, p.niter - p.prune_stop_iter
-    sp = prototxt.read_solver(exp.solver)
-    sp.random_seed = exp.seed
-    sp.test_interval = 2**31 - 1
-    sp.test_initialization = False
-    sp.display = 0
-    sp.snapshot = 0
-    sp.max_iter = start_iter + steps
-    caffe_bridge.set_random_seed(exp.seed)
-    solver = caffe_bridge.make_solver(sp, source=exp.solver)
-    net, test_net = solver.net, solver.test_nets[0]
-    test_net.share_with(net)
-    weights.load_weights(net, prototxt.resolve_path(weights_path))
+    r = exp.retrain
+    sp = caffe_run.solver_param(exp.solver, exp.seed, start_iter + steps)
+    net_param = sp.net_param
+    key = f"transplant {masks_path} on {weights_path}"
+    if r.distills:  # the dense weights being retrained teach their masked selves
+        sp = distill.student(sp, key)
+    run = caffe_run.open_run(sp, exp.seed, exp.layers, weights_file=weights_path, source=exp.solver,
+                             layers_source=exp.source)
+    solver, net, test_net, layers = run.solver, run.net, run.test_net, run.layers
     donor = weights.read_caffemodel(prototxt.resolve_path(masks_path))  # read once: checked, then its masks
     weights.check_against_net(donor, net)
     masks = masks_of(donor, exp.layers)
-    layers = MaskedLayers(net, exp.layers)
     for n in exp.layers:
         layers.set_masks(n, masks[n])
-    layers.attach(solver)
     _set_iteration(solver, start_iter)
-    data_layer = net._layer_names[0]
-    for _ in range(start_iter):  # the minibatches the pipeline read before its retraining phase
-        net.forward(end=data_layer)
-    images = evaluate.test_set_size(sp.net_param)
+    run.replay(start_iter)  # the minibatches the pipeline read before its retraining phase
+    images = run.test_images
 
     def test() -> float:
         with layers.masked():
             return evaluate.evaluate_net(test_net, images)["accuracy"]
 
     curve = [{"iteration": int(solver.iter), "test_accuracy": test()}]
+    average = WeightAverage(net) if r.averages else None
+    if r.distills:
+        distill.activate(key, distill.teacher(net, net_param, weights_path, r, exp.source))
     t0 = time.perf_counter()
-    for k in tqdm(range(steps), desc=f"transplant {Path(masks_path).stem} on {Path(weights_path).stem}",
-                  unit="it", disable=not progress, mininterval=1.0):
-        solver.step(1)
-        why = train.divergence(net, exp.layers)
-        if why:
-            raise OlmpError(f"retraining diverged at step {k} ({why})", exp.solver)
-        if (k + 1) % TEST_EVERY == 0 or k + 1 == steps:
-            curve.append({"iteration": int(solver.iter), "test_accuracy": test()})
+    try:
+        for k in tqdm(range(steps), desc=f"transplant {Path(masks_path).stem} on {Path(weights_path).stem}",
+                      unit="it", disable=not progress, mininterval=1.0):
+            solver.step(1)
+            why = train.divergence(net, exp.layers)
+            if why:
+                raise OlmpError(f"retraining diverged at step {k} ({why})", exp.solver)
+            if average and averaging.due(steps - 1 - k, r):
+                average.add(layers)
+            if (k + 1) % TEST_EVERY == 0 or k + 1 == steps:
+                curve.append({"iteration": int(solver.iter), "test_accuracy": test()})
+    finally:
+        distill.deactivate(key)
+    levers: dict[str, Any] = {}
+    if r.distills:
+        levers["distillation"] = {"weight": r.distill_weight, "temperature": r.distill_temperature}
+    if average:  # the final model is the mean; the curve's last point is the last iterate
+        average.apply(layers)
+        levers["averaging"] = {"snapshots": average.count, "last": r.average_last, "every": r.average_every,
+                               "test_last_iterate": curve[-1]["test_accuracy"]}
     total, remaining = layers.total(), layers.remaining()
     return {
+        **levers,
         "experiment": exp.source,
         "masks": str(masks_path),
         "weights": str(weights_path),
@@ -108,7 +129,7 @@ def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, p
         "remaining": remaining,
         "ratio": total / max(remaining, 1),
         "test_before": curve[0]["test_accuracy"],
-        "test_final": curve[-1]["test_accuracy"],
+        "test_final": test() if average else curve[-1]["test_accuracy"],
         "test_best_over_curve": max(c["test_accuracy"] for c in curve),
         "curve": curve,
         "seconds": round(time.perf_counter() - t0, 1),

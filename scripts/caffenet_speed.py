@@ -26,10 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from olmp import atomic, caffe_bridge, caltech, config, paths, prototxt
-from olmp.adjusting import MaskedLayers
+from olmp import atomic, caffe_bridge, caffe_run, caltech, config, paths
 from olmp.candidate import CandidateEvaluator
-from olmp.thresholds import layer_stats
 
 SOLVER = "solvers/caffenet_caltech256_solver.prototxt"
 
@@ -43,14 +41,6 @@ def _images(root: Path, n: int) -> None:
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, size=(256, 256, 3), dtype=np.uint8)).save(
                 root / f"{c:03d}.class" / f"{i}.jpg")
-
-
-def _solver_param():  # noqa: ANN202
-    sp = prototxt.read_solver(SOLVER)  # the real net and batch, reading data/caltech256 of OLMP_DATA_DIR
-    sp.random_seed = 1
-    sp.test_interval = 2**31 - 1
-    sp.test_initialization = False
-    return sp
 
 
 def main() -> int:
@@ -67,12 +57,11 @@ def main() -> int:
         _images(tmp / "images", 10)
         os.environ["OLMP_DATA_DIR"] = str(tmp / "data")
         caltech.prepare_caltech256(tmp / "images", progress=False)
-        sp = _solver_param()
+        sp = caffe_run.solver_param(SOLVER, 1)  # the real net and batch, reading data/caltech256 of OLMP_DATA_DIR
         batch = next(lay for lay in sp.net_param.layer if lay.type == "Data").data_param.batch_size
-        solver = caffe_bridge.make_solver(sp)
         exp = config.load("caffenet_caltech256")
-        layers = MaskedLayers(solver.net, exp.layers)
-        layers.attach(solver)
+        run = caffe_run.open_run(sp, 1, exp.layers, weights_file=None, source=SOLVER)  # random weights: timing only
+        solver, layers = run.solver, run.layers
         t0 = time.perf_counter()
         solver.step(1)  # warm-up: first allocations, prefetch start
         warm = time.perf_counter() - t0
@@ -82,8 +71,7 @@ def main() -> int:
             solver.step(1)
             steps.append(time.perf_counter() - t0)
             step_cpu.append(time.process_time() - c0)
-        stats = {n: layer_stats(*[b.data for b in solver.net.params[n]][:2]) for n in exp.layers}
-        evaluator = CandidateEvaluator(solver.net, layers, stats, exp.layers, exp.search.delta)
+        evaluator = CandidateEvaluator(solver.net, layers, run.stats, exp.layers, exp.search.delta)
         forwards, forward_cpu = [], []
         rng = np.random.default_rng(0)
         with evaluator.session():

@@ -85,3 +85,23 @@ def test_transplant_keeps_the_masks_and_retrains(tmp_path: Path, lenet300100_mod
     wrong = run_olmp("transplant", "--experiment", "lenet5", "--masks", str(masks_from), "--weights",
                      str(lenet300100_model), "--out", str(tmp_path / "w"), "--quiet")
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
+
+
+def test_transplant_with_the_retraining_levers(tmp_path: Path, lenet300100_model: Path) -> None:
+    """Averaging and distillation in a transplant: recorded, masks kept; a one-snapshot mean is the last iterate."""
+    path = _experiment(tmp_path, lenet300100_model, niter=41, prune_stop=20, every=10, budget=12)
+    exp = config.load(path)
+    pipeline.prune(exp, tmp_path / "pruned", progress=False)
+    masks_from = tmp_path / "pruned" / "pruned.caffemodel"
+    levers = config.load(path, ["retrain.average_last=10", "retrain.average_every=5", "retrain.distill_weight=0.5"])
+    rec = transplant.retrain(levers, masks_from, lenet300100_model, progress=False)
+    plain = transplant.retrain(exp, masks_from, lenet300100_model, progress=False)
+    assert rec["averaging"]["snapshots"] == 2  # after the steps with 5 and 0 steps to come (21 steps)
+    assert rec["distillation"] == {"weight": 0.5, "temperature": exp.retrain.distill_temperature}
+    assert rec["remaining"] == plain["remaining"]
+    assert rec["curve"][0] == plain["curve"][0]  # the same start; the soft targets change the steps after it
+    assert rec["curve"][-1] != plain["curve"][-1] or rec["test_final"] != plain["test_final"]
+    one = transplant.retrain(config.load(path, ["retrain.average_last=1"]), masks_from, lenet300100_model,
+                             progress=False)
+    assert one["averaging"]["snapshots"] == 1
+    assert one["test_final"] == one["averaging"]["test_last_iterate"] == plain["test_final"]

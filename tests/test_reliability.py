@@ -200,7 +200,7 @@ def test_a_probe_that_never_returns_is_an_error(monkeypatch: pytest.MonkeyPatch)
     """A real forked child that does not finish: killed at the time limit, one line naming the net."""
     monkeypatch.setenv("OLMP_PROBE_SECONDS", "1")
     t0 = time.monotonic()
-    with pytest.raises(OlmpError, match=r"^net\.prototxt: Caffe did not finish building the net within 1 s"):
+    with pytest.raises(caffe_bridge.CaffeError, match=r"^net\.prototxt: Caffe did not finish building the net within 1 s"):
         caffe_bridge.probe(lambda: time.sleep(30), "net.prototxt")
     assert time.monotonic() - t0 < 10
     assert caffe_bridge._in_child(lambda: None, 10, swallow=False)[0] == 0

@@ -7,6 +7,8 @@ the checkpoints. Per run the pipeline calls:
     selection_probability(layer, itr) the chance a layer is "selected" at iteration itr
     prune(itr, selected)              every iteration before prune_stop_iter, before the SGD step;
                                       returns a search's record entry, or None
+    update_masks(selected)            the selected layers' masks from their current values, no search
+                                      (what prune does first; the benchmarks set up masks with it)
     fields()                          per-layer values written into progress entries and "final"
     state() / load_state(state)       what a checkpoint keeps of the policy
 
@@ -70,6 +72,9 @@ class Policy:
         return 1.0
 
     def prune(self, itr: int, selected: list[str]) -> dict[str, Any] | None:
+        return None
+
+    def update_masks(self, selected: list[str]) -> None:
         return None
 
     def fields(self) -> dict[str, Any]:

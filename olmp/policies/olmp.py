@@ -49,11 +49,14 @@ class OLMP(Policy):
 
     def prune(self, itr: int, selected: list[str]) -> dict[str, Any] | None:
         ctx = self.ctx
-        for n in selected:
-            ctx.layers.update(n, threshold(ctx.stats[n], self.crates[n]))
+        self.update_masks(selected)
         if itr % self.exp.search.every == 0 and len(selected) >= self.exp.search.min_layers:
             return search_crates(self.exp, itr, selected, self.crates, ctx.layers, ctx.stats, ctx.scoring, ctx.draws)
         return None
+
+    def update_masks(self, selected: list[str]) -> None:
+        for n in selected:
+            self.ctx.layers.update(n, threshold(self.ctx.stats[n], self.crates[n]))
 
     def fields(self) -> dict[str, Any]:
         return {"crates": dict(self.crates)}

@@ -111,14 +111,14 @@ def run_task(task: Task) -> dict[str, Any]:
             watcher.start()
             try:
                 res = _prune(task.exp, local, task)
-            except (OlmpError, OSError) as exc:  # named as the driver's folder, where the user looks
+            except (OlmpError, caffe_bridge.CaffeError, OSError) as exc:  # named as the driver's folder
                 return {"out": task.out, "error": str(exc).replace(str(local), task.folder)}
             finally:
                 stop.set()
                 watcher.join()
             res["files"] = read_folder(local)
             return res
-    except (OlmpError, OSError) as exc:
+    except (OlmpError, caffe_bridge.CaffeError, OSError) as exc:
         return {"out": task.out, "error": str(exc)}
 
 
