@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -42,14 +43,54 @@ def _toml(v: object) -> str:
     return json.dumps(v)
 
 
-def test_registry_names_its_policies() -> None:
-    assert all(cls.name == name for name, cls in policies.POLICIES.items())
+REFERENCE = REPO / "results" / "references" / "lenet300100" / "model.caffemodel"
+# enough [baseline] for every method: per-layer values (no scan), a sparsity, two rounds
+EVERY_BASELINE: dict[str, Any] = {"values": {"ip1": 1.0, "ip2": 1.0, "ip3": 0.5}, "sparsity": 0.9, "rounds": 2}
+
+
+@pytest.mark.parametrize("method", sorted(policies.POLICIES))
+def test_each_policy_runs_as_its_class_declares(tmp_path: Path, method: str) -> None:
+    """A tiny real run of every registered method: what the class declares is what the run does."""
+    cls = policies.POLICIES[method]
+    exp = baseline_experiment(tmp_path, REFERENCE, method, niter=41, prune_stop=20, **EVERY_BASELINE)
+    run = pipeline.Pipeline(exp, tmp_path / method, progress=False)
+    rec = run.run()
+    assert rec["method"] == method  # the record names the run as the experiment file does
+    assert bool(rec["searches"]) == cls.searches
+    pruned = np.concatenate([w[m == 0] for n in LAYERS for w, m in zip(run.layers.dense(n), run.layers.masks[n])])
+    assert pruned.size > 0 and rec["final"]["ratio"] > 1.0
+    assert bool(np.any(pruned != 0)) == cls.straight_through  # splicing keeps pruned weights; freezing zeroes them
+    if cls.needs_sparsity:
+        f = rec["final"]
+        assert f["sparsity"] == pytest.approx(0.9) and 1 - f["remaining"] / f["total"] == pytest.approx(0.9, abs=0.01)
+
+
+@pytest.mark.parametrize("method", sorted(policies.POLICIES))
+def test_the_config_checks_what_each_policy_declares(tmp_path: Path, method: str) -> None:
+    """Each of the config's per-method rules applies exactly to the methods whose class declares the need."""
+    from olmp.errors import OlmpError
+
+    cls = policies.POLICIES[method]
+
+    def refused(**changes: Any) -> bool:
+        try:
+            baseline_experiment(tmp_path, REFERENCE, method, niter=41, prune_stop=20, **{**EVERY_BASELINE, **changes})
+        except OlmpError:
+            return True
+        return False
+
+    assert not refused()
+    assert refused(sparsity=0.0) == cls.needs_sparsity
+    assert refused(rounds=30) == cls.in_rounds  # more rounds than iterations before prune_stop_iter
+    assert refused(values={"ip1": 1.0}, validation_images=0) == cls.scanned  # a scan with no images
+    out_of_bounds = baseline_experiment(tmp_path, REFERENCE, method, niter=41, prune_stop=20, **EVERY_BASELINE)
+    with pytest.raises(OlmpError) if cls.searches else contextlib.nullcontext():
+        config.load(out_of_bounds.source, ["pipeline.initial_crate=20"])  # outside search.bounds
 
 
 def test_shipped_experiment_files_load() -> None:
-    files = sorted((REPO / "scripts" / "experiments").glob("*.toml"))
-    methods = {config.load(f).method for f in files}
-    assert methods == set(policies.POLICIES)  # a shipped experiment for every method
+    for f in sorted((REPO / "scripts" / "experiments").glob("*.toml")):
+        config.load(f)  # checked against its method's and optimizer's declared needs, and its net
     for model in ("lenet5", "lenet300100"):
         for suffix in ("dc", "dns", "global", "uniform"):
             assert (REPO / "scripts" / "experiments" / f"{model}_{suffix}.toml").is_file()

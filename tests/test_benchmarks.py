@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -10,32 +11,40 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from olmp import config
+
 
 def test_quick_benchmark_writes_its_report(tmp_path: Path, mnist_dir: Path) -> None:
     r = subprocess.run([sys.executable, "benchmarks/bench.py", "--quick", "--models", "lenet300100", "--out",
                         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "quick.json").read_text())["lenet300100"]
+    result = json.loads((tmp_path / "quick.json").read_text())
+    res = result["lenet300100"]
     assert res["decisions_agree"]  # the fast evaluation decides exactly like the naive one
     assert res["search_records_equal"] and res["search_chunks"] == 8  # chunks change the time, not the search
     assert 1 <= res["search_evaluations"] <= 100 + 1  # the quick budget, plus the current crates' own score
     sets = res["per_layer_set"]
-    assert set(sets) == {"ip1+ip2", "ip1+ip3", "ip2+ip3", "ip1+ip2+ip3"}
-    # the report's derived figures agree with the measurements they are derived from
+    assert set(sets) == {"ip1+ip2", "ip1+ip3", "ip2+ip3", "ip1+ip2+ip3"}  # every set a search can select
+    timings = [res[k] for k in ("plain_step_ms", "masked_step_ms", "search_whole_s", "search_chunked_s")]
+    assert all(math.isfinite(t) and t > 0 for t in timings + [v for s in sets.values() for v in s.values()])
+    # each ratio is of this run's own measurements: a per-set speedup is its two times' quotient, and the
+    # pipeline mix, a weighted quotient of the same times, lies between the per-set extremes
     for s in sets.values():
-        assert s["speedup"] == pytest.approx(s["naive_ms"] / s["ours_ms"], rel=1e-9)
-    weight = sum(s["searches_expected"] for s in sets.values())
-    assert weight == pytest.approx(res["searches_expected"], abs=0.01)
-    ours = sum(s["searches_expected"] * s["ours_ms"] for s in sets.values()) / weight
-    naive = sum(s["searches_expected"] * s["naive_ms"] for s in sets.values()) / weight
-    assert res["eval_speedup"] == pytest.approx(naive / ours, rel=0.02)  # weights rounded to 3 decimals
-    assert res["evals_per_second"] == pytest.approx(1e3 / ours, rel=0.02)
-    assert res["masked_step_ratio"] == pytest.approx(res["masked_step_ms"] / res["plain_step_ms"], rel=1e-9)
-    assert res["search_speedup_chunks"] == pytest.approx(res["search_whole_s"] / res["search_chunked_s"], rel=1e-9)
-    assert res["sgd_floor_seconds"] == pytest.approx(res["plain_step_ms"] * 30001 / 1e3, rel=1e-9)
-    md = (tmp_path / "quick.md").read_text()  # the table shows the JSON's numbers, not others
-    assert f"| lenet300100 | {res['eval_speedup']:.2f}x | {res['evals_per_second']:.0f} |" in md
-    assert f"{res['masked_step_ratio']:.3f} | {res['plain_step_ms']:.2f} |" in md
+        assert s["speedup"] == pytest.approx(s["naive_ms"] / s["ours_ms"])
+    speedups, ours = [s["speedup"] for s in sets.values()], [s["ours_ms"] for s in sets.values()]
+    assert min(speedups) <= res["eval_speedup"] <= max(speedups)
+    assert 1e3 / max(ours) <= res["evals_per_second"] <= 1e3 / min(ours)
+    assert res["eval_speedup"] == pytest.approx(res["evals_per_second"] / res["naive_evals_per_second"])
+    assert sum(s["searches_expected"] for s in sets.values()) == pytest.approx(res["searches_expected"], abs=0.01)
+    assert res["masked_step_ratio"] == pytest.approx(res["masked_step_ms"] / res["plain_step_ms"])
+    assert res["search_speedup_chunks"] == pytest.approx(res["search_whole_s"] / res["search_chunked_s"])
+    niter = config.load(REPO / "scripts" / "experiments" / "lenet300100.toml").pipeline.niter
+    assert res["sgd_floor_seconds"] == pytest.approx(res["plain_step_ms"] * niter / 1e3)  # plain steps of a whole run
+    md = (tmp_path / "quick.md").read_text()
+    model_rows = [line for line in md.splitlines() if line.startswith("| lenet300100 |")]
+    set_rows = {line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if "+" in line.split(" | ")[0]}
+    assert len(model_rows) == 1 and set_rows == set(sets)  # one row per model, one per layer set
+    assert f"| {res['eval_speedup']:.2f}x | {res['evals_per_second']:.0f} |" in model_rows[0]  # the JSON's numbers
 
 
 def test_frozen_step_benchmark_quick(tmp_path: Path, mnist_dir: Path) -> None:

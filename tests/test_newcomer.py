@@ -162,5 +162,22 @@ def test_make_reproduce_script_runs_for_real_outside_results(tmp_path: Path, mni
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "holds a finished run" in again.stderr
     assert (out / "record.json").stat().st_mtime_ns == mtime
-    script = (REPO / "scripts" / "reproduce.sh").read_text()
-    assert "OUT=${OUT:-runs/reproduce/$MODEL/$OPT-seed$SEED}" in script  # the default folder is outside results/
+
+
+def test_make_reproduce_writes_outside_results_by_default(tmp_path: Path, mnist_dir: Path) -> None:
+    """Without OUT the run lands in a folder git ignores and results/ gains nothing. The script runs in a
+    copy of the checkout's layout (links to its code, data and references), so no run lands in the real one."""
+    repo = tmp_path / "checkout"
+    (repo / "results").mkdir(parents=True)
+    for name in (".venv", "scripts", "models", "solvers", "data"):
+        (repo / name).symlink_to(REPO / name)
+    (repo / "results" / "references").symlink_to(REPO / "results" / "references")
+    r = subprocess.run(["bash", "scripts/reproduce_lenet300100.sh", "ncs", "1"], cwd=repo,
+                       env={**os.environ, "OLMP_PRUNE_ARGS": " ".join(SHORT)}, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [p.name for p in (repo / "results").iterdir()] == ["references"]
+    runs = [p.parent.relative_to(repo) for p in (repo / "runs").rglob("record.json")]
+    assert len(runs) == 1 and (repo / runs[0] / "side-by-side.md").is_file()
+    ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", str(runs[0] / "record.json")])
+    assert ignored.returncode == 0, f"{runs[0]} is not ignored by git"

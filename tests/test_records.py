@@ -14,20 +14,26 @@ from olmp.record import RunRecord
 
 RESULTS = REPO / "results"
 
-# committed record -> (label, group, variant, own reference); none of them records its variant
+# committed record -> (label, series, group, variant, own reference, paper setting, seed); none of them
+# records its variant. Every value is written out: a name derived wrongly fails here, whichever property derives it.
 COMMITTED = {
-    "lenet300100/ncs-seed1": ("olmp-ncs", "ncs", "", True),  # from before records named their method
-    "lenet300100/validation-cmaes-seed1": ("olmp-cmaes", "cmaes (validation)", "validation", True),
+    "lenet300100/ncs-seed1": ("olmp-ncs", "olmp-ncs", "ncs", "", True, True, 1),  # from before records named their method
+    "lenet300100/validation-cmaes-seed1":
+        ("olmp-cmaes", "olmp-cmaes (validation)", "cmaes (validation)", "validation", True, False, 1),
     "lenet300100/one-layer-searches-validation-ncs-seed1":
-        ("olmp-ncs", "ncs (one-layer-searches-validation)", "one-layer-searches-validation", True),
-    "lenet300100/dns-published-seed1-dns-reference": ("dns", "dns (published, authors' reference)", "published", False),
-    "lenet300100/deep-compression-seed1": ("deep-compression", "deep-compression", "", True),
-    "lenet300100/tradeoff/dns-scale2": ("dns", "dns", "", True),
+        ("olmp-ncs", "olmp-ncs (one-layer-searches-validation)", "ncs (one-layer-searches-validation)",
+         "one-layer-searches-validation", True, False, 1),
+    "lenet300100/dns-published-seed1-dns-reference":
+        ("dns", "dns (published)", "dns (published, authors' reference)", "published", False, False, 1),
+    "lenet300100/deep-compression-seed1":
+        ("deep-compression", "deep-compression", "deep-compression", "", True, True, 1),
+    "lenet300100/tradeoff/dns-scale2": ("dns", "dns", "dns", "", True, True, 1),
     "lenet5/released-authors-seed78011":
-        ("olmp-sampling", "sampling (released, authors' reference)", "released", False),
-    "lenet5/ncs-seed1-authors-reference": ("olmp-ncs", "ncs (authors' reference)", "", False),
-    "lenet5/rewind-ncs-seed2": ("olmp-ncs", "ncs (rewind)", "rewind", True),
-    "lenet5/global-magnitude-seed1": ("global-magnitude", "global-magnitude", "", True),
+        ("olmp-sampling", "olmp-sampling (released)", "sampling (released, authors' reference)", "released", False,
+         False, 78011),
+    "lenet5/ncs-seed1-authors-reference": ("olmp-ncs", "olmp-ncs", "ncs (authors' reference)", "", False, False, 1),
+    "lenet5/rewind-ncs-seed2": ("olmp-ncs", "olmp-ncs (rewind)", "ncs (rewind)", "rewind", True, False, 2),
+    "lenet5/global-magnitude-seed1": ("global-magnitude", "global-magnitude", "global-magnitude", "", True, True, 1),
 }
 
 
@@ -36,11 +42,9 @@ def test_committed_records_keep_their_names(run: str) -> None:
     path = RESULTS / run / "record.json"
     raw = path.read_bytes()
     rec = RunRecord.load(path)
-    label, group, variant, own = COMMITTED[run]
-    assert (rec.label, rec.group, rec.variant, rec.own_reference) == (label, group, variant, own)
-    assert rec.name == Path(run).name and rec.finished and rec.seed == rec.raw["seed"]
-    assert rec.series == label + (f" ({variant})" if variant else "")
-    assert rec.paper_setting == (own and not variant)
+    assert (rec.label, rec.series, rec.group, rec.variant, rec.own_reference, rec.paper_setting, rec.seed) == \
+        COMMITTED[run]
+    assert rec.name == Path(run).name and rec.finished
     assert path.read_bytes() == raw  # reading never rewrites
 
 
@@ -53,14 +57,14 @@ def test_provenance_is_read_where_recorded() -> None:
 def test_recorded_variant_wins_over_the_name(tmp_path: Path) -> None:
     exp = config.load("lenet5").to_dict()
     ref = {"weights": exp["weights"], "test": {"accuracy": 0.99, "loss": 0.03}}
-    for name, variant, expected in (("lenet5-rewind", "", ""), ("lenet5", "rewind", "rewind"),
-                                    ("lenet5-x", "long-retrain", "long-retrain")):
+    for name, variant, expected, group in (("lenet5-rewind", "", "", "ncs"), ("lenet5", "rewind", "rewind", "ncs (rewind)"),
+                                           ("lenet5-x", "long-retrain", "long-retrain", "ncs (long-retrain)")):
         data = record.new_record({**exp, "name": name, "variant": variant}, ref, searches=True, provenance={})
         assert list(data)[:4] == ["experiment", "seed", "method", "optimizer"]
         record.write(tmp_path / name / "record.json", data)
         rec = RunRecord.load(tmp_path / name / "record.json")
         assert rec.variant == expected and not rec.finished
-        assert rec.group == "ncs" + (f" ({expected})" if expected else "")
+        assert rec.group == group
         assert rec.to_dict() == json.loads(json.dumps(data))  # as written (tuples become lists)
     dns = record.new_record({**exp, "method": "dns", "name": "lenet5-dns-published"}, ref, searches=False,
                             provenance={})
