@@ -1,4 +1,4 @@
-"""Speed benchmarks of issue 6, measured as ratios inside one run (the machine is shared and noisy).
+"""Speed benchmarks of the pipeline's hot paths, measured as ratios inside one run (the machine is shared and noisy).
 
     python benchmarks/bench.py [--quick] [--models lenet5 lenet300100] [--pipeline] [--out results/benchmarks]
 
@@ -224,7 +224,7 @@ def machine() -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Benchmarks (issue 6)", "",
+    lines = ["# Benchmarks", "",
              f"Made by `{result['command']}` on {result['machine']['cpu']} "
              f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
              f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",

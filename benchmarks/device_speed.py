@@ -2,7 +2,7 @@
 
     python benchmarks/device_speed.py [--gpu N] [--quick] --out FILE.json
 
-For scripts/gpu_check.sh (issue 16): run once with ``--gpu 0`` and once without (the CPU), each in
+For scripts/gpu_check.sh: run once with ``--gpu 0`` and once without (the CPU), each in
 its own process, since Caffe's mode belongs to the process. Measured on the pipeline's own state
 (scripts/experiments/lenet5.toml, its reference weights, a training minibatch, the masks of the
 initial crates), exactly as bench.py measures it: (b) ``bench_step``, a plain ``solver.step`` and the

@@ -1,4 +1,4 @@
-"""LeNet-5 with Caffe's convolution over 1 vs N OpenMP threads (issue 16, Caffe patch 0007).
+"""LeNet-5 with Caffe's convolution over 1 vs N OpenMP threads (Caffe patch 0007).
 
     python benchmarks/openmp_conv.py [--model lenet5|lenet300100] [--quick] [--threads 1 2]
                                      [--pipeline [--set SECTION.KEY=VALUE ...]]

@@ -1,7 +1,7 @@
 """``olmp init``: an experiment file for a user's own Caffe net, with the paper's settings.
 
 Copying a shipped experiment and editing its paths and layer names is where newcomers go
-wrong (issue 13), so the file is written from the net itself: its prunable layers, the
+wrong, so the file is written from the net itself: its prunable layers, the
 paths relative to the file's folder (README "Paths"), and the crate bounds, delta and step
 sizes of the paper's closest setting (LeNet-5 for a net with convolutions, else
 LeNet-300-100). Everything is checked before anything is written: the text goes through every

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One baseline run on one LeNet (issue 4; the policies are documented in olmp/policies.py):
+# One baseline run on one LeNet (the policies are documented in olmp/policies/__init__.py):
 #   scripts/baseline.sh MODEL METHOD [SEED]
 #     MODEL:  lenet300100 | lenet5
 #     METHOD: dc (deep-compression) | dns | global (global-magnitude) | uniform

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mask transplant (issue 12): masks source x weights source -> retrained test accuracy.
+# Mask transplant: masks source x weights source -> retrained test accuracy.
 # Each pair retrains with frozen masks for the pipeline's retraining phase (olmp/transplant.py) and
 # writes results/diagnosis/transplant/<pair>/record.json; a finished pair is skipped, so the script
 # can be rerun after an interruption. Ends with results/diagnosis/mask-transplant.{json,md}.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check of issue 16: one run on a fresh Debian 12 machine with one NVIDIA GPU and network
+# The GPU check: one run on a fresh Debian 12 machine with one NVIDIA GPU and network
 # access (16 cores: under 10 minutes, most of it the CUDA compile). It measures exactly this:
 #   1. the NVIDIA driver (nvidia-smi: version, GPU name, memory); it stops if the driver is older
 #      than CUDA 13 needs (R580);
@@ -150,7 +150,7 @@ res = {
 }
 d, b, p, g = res["driver"], res["build"], res["pipeline"], res["gpu_speedup"]
 md = [
-    "# GPU check (scripts/gpu_check.sh, issue 16)" + (" -- DRY RUN on the CPU path, tiny sizes" if dry else ""), "",
+    "# GPU check (scripts/gpu_check.sh)" + (" -- DRY RUN on the CPU path, tiny sizes" if dry else ""), "",
     f"GPU {d['gpu']}, driver {d['driver']}. pycaffe {b['variant']} build: "
     + ("cached" if b["cached"] else f"compiled in {b['seconds']:.0f} s") + ".", "",
     *tables.markdown([None, "GPU", "CPU (1 core)", "GPU speedup"], [

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accuracy-vs-compression trade-off of issue 4: each method rerun with one setting moved.
+# The accuracy-vs-compression trade-off: each method rerun with one setting moved.
 #   scripts/tradeoff.sh MODEL [SEED]        (MODEL: lenet300100 | lenet5)
 # OLMP (ncs) at several delta values, Deep Compression at several quality scales, DNS at several
 # crate scales; everything else as in scripts/experiments/MODEL{,_dc,_dns}.toml. Each run goes to

@@ -1,4 +1,4 @@
-"""The baseline policies (issue 4) on tiny real LeNet-300-100 runs, and `olmp compare`."""
+"""The baseline policies on tiny real LeNet-300-100 runs, and `olmp compare`."""
 
 from __future__ import annotations
 

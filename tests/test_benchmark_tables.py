@@ -67,7 +67,7 @@ BENCH_RESULT = {
 }
 
 BENCH_TEXT = """\
-# Benchmarks (issue 6)
+# Benchmarks
 
 Made by `python benchmarks/bench.py --models lenet300100 --quick` on Test CPU (2 cores, OPENBLAS_NUM_THREADS=1, \
 load average at start 0.50), 2024-01-01 00:00 UTC.

@@ -54,7 +54,7 @@ def test_committed_records_store_what_their_experiment_files_load() -> None:
         changed = [k for k in checkpoint.changed_settings(now, then) if k not in FROM_THE_COMMAND_LINE]
         assert not changed, f"{p.relative_to(REPO)}: {changed}"
         agree.setdefault(then["source"].split()[0].rsplit("/", 1)[-1], []).append(p)
-        drop = ("source", "variant", *FROM_THE_COMMAND_LINE)  # variant: a label, recorded since issue 15
+        drop = ("source", "variant", *FROM_THE_COMMAND_LINE)  # variant: a label, absent from older records
         if [k for k in now if k not in drop] == [k for k in then if k not in drop] and all(
                 list(now[s]) == list(then[s]) for s in config.SECTIONS):
             text = json.dumps({k: v for k, v in now.items() if k not in drop})

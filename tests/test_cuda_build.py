@@ -1,4 +1,4 @@
-"""The CUDA variant of pycaffe (issue 16): its pinned wheels, and `--gpu` on a CUDA build without a device.
+"""The CUDA variant of pycaffe: its pinned wheels, and `--gpu` on a CUDA build without a device.
 
 CI builds the CPU variant only; the CUDA build itself is checked by scripts/gpu_check.sh on a GPU machine.
 """

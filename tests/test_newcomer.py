@@ -1,4 +1,4 @@
-"""A newcomer's path (issue 13): make reproduce runs for real, no stale results, paths, provenance."""
+"""A newcomer's path: make reproduce runs for real, no stale results, paths, provenance."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A user's own Caffe model, pruned the way README "Prune your own Caffe model" says (issue 13).
+"""A user's own Caffe model, pruned the way README "Prune your own Caffe model" says.
 
 The net is not a LeNet (an MLP 784-64-32-10 with its own layer names), its files live in the
 user's folder, and every step runs the real command line from there on the real MNIST LMDBs.

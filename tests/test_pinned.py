@@ -1,4 +1,4 @@
-"""A pinned short run gives the same weights, bit for bit, as the code before the redesign (issue 15).
+"""A pinned short run gives the same weights, bit for bit, as the code that made the pin.
 
 ``tests/pinned/*.json`` holds, per run, the SHA-256 of every parameter blob of ``pruned.caffemodel``
 (in layer order; the file itself also names the data folder, which moves with the checkout) and
