@@ -47,6 +47,7 @@ from olmp import masks as mask_rule  # noqa: E402
 from olmp.candidate import CandidateEvaluator  # noqa: E402
 from olmp.crate_search import Scoring, search_crates  # noqa: E402
 from olmp.pipeline import Pipeline  # noqa: E402
+from olmp.policies import POLICIES  # noqa: E402
 from olmp.thresholds import threshold  # noqa: E402
 
 EXPERIMENTS = {"lenet5": "scripts/experiments/lenet5.toml", "lenet300100": "scripts/experiments/lenet300100.toml"}
@@ -187,7 +188,7 @@ def bench_step(pipe: Pipeline, chunk: int, repeats: int) -> dict[str, Any]:
 def pipeline_from_records(model: str) -> dict[str, Any]:
     """Medians over the finished paper-setting OLMP runs of this model (minibatch estimate, own reference)."""
     runs = [r for r in reports.load_runs(REPO / "results" / model)
-            if r.method == "olmp" and r.own_reference
+            if POLICIES[r.method].searches and r.own_reference
             and r.experiment["search"]["accuracy_on"] == "minibatch"]
     if not runs:
         return {}

@@ -63,7 +63,7 @@ def from_results(results: str | Path, target: str | Path) -> str:
         raise OlmpError("holds no run records made by olmp prune", results)
     root = os.path.relpath(results.resolve(), target.resolve().parent)
     lines = [
-        f"# Every pruning run under {_in_repo(results)}/: how each folder is made (issue 17).",
+        f"# Every pruning run under {_in_repo(results)}/: how each folder is made.",
         f"# Generated from the records by `olmp sweep {_in_repo(target)} --from-results {_in_repo(results)}`;",
         "# regenerate it after committing new runs. `olmp sweep FILE --dry-run` checks that each record",
         "# was made by its entry; `olmp sweep FILE` (re)makes whatever is missing, on Ray.",
