@@ -173,6 +173,10 @@ class RetrainConfig:
     guarantee_factor: Annotated[Float, Field(gt=0, lt=1)] = 0.8  # a restoring step multiplies one layer's crate by this
     guarantee_retrain: Count = 500  # masked SGD iterations after each restoring step
     guarantee_max_steps: Count = 30
+    # regrowth instead of restoring: each step switches on, in every layer, 1/guarantee_factor - 1 times its
+    # kept weights more, the pruned ones of largest training-loss gradient, at zero (not their stale dense
+    # values), and averages the retraining between steps like the run's tail (average_last/every)
+    guarantee_regrow: bool = False
 
     @property
     def distills(self) -> bool:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from olmp import (
@@ -196,18 +197,29 @@ class Pipeline:
         before = {"ratio": self.ratio(), "test": final, **held_out}
         steps = self.exp.pipeline.niter
 
+        r = self.exp.retrain
+
         def retrain(n: int) -> None:
-            for _ in range(n):
+            mean = WeightAverage(self.net) if r.guarantee_regrow and r.averages else None
+            for k in range(n):
                 self.sgd_step(steps)
+                if mean and averaging.due(n - 1 - k, r):
+                    mean.add(self.layers)
+            if mean:  # between regrowth steps too, the model is the mean of the tail's iterates
+                mean.apply(self.layers)
 
         def say(msg: str) -> None:
             if self.progress:
                 print(f"olmp: {msg}", file=sys.stderr)
 
         kept = self.layers.state(), {n: [b.data.copy() for b in self.net.params[n]] for n in self.net.params}
-        g = guarantee.restore_until_lossless(
-            self.layers, self.exp.retrain, self.record["reference"]["holdout"]["accuracy"],
-            self._holdout_accuracy_loss, retrain, self.ratio, say)
+        target = self.record["reference"]["holdout"]["accuracy"]
+        if r.guarantee_regrow:
+            g = guarantee.regrow_until_lossless(self.layers, r, target, self._holdout_accuracy_loss, retrain,
+                                                self.ratio, self._gradient, say)
+        else:
+            g = guarantee.restore_until_lossless(self.layers, r, target, self._holdout_accuracy_loss, retrain,
+                                                 self.ratio, say)
         if not g["reached"]:  # no lossless model: the run delivers its model from before the guarantee
             self.layers.load_state(kept[0])
             for n, blobs in kept[1].items():
@@ -216,6 +228,21 @@ class Pipeline:
             (self.out / "final.caffemodel").unlink()  # pruned.caffemodel is that model, bit for bit
         self.guarantee_seconds = time.perf_counter() - t0
         return {**g, "before": before}
+
+    def _gradient(self) -> dict[str, np.ndarray]:
+        """Each prunable layer's weight gradient at W*M, the mean over guarantee.GRADIENT_BATCHES training
+        minibatches (read from the solver's data layer; no step is taken)."""
+        sums = {n: np.zeros(self.net.params[n][0].data.shape) for n in self.exp.layers}
+        with self.layers.masked():
+            for _ in range(guarantee.GRADIENT_BATCHES):
+                for blobs in self.net.params.values():
+                    for b in blobs:
+                        b.diff[...] = 0.0  # Caffe adds into the diffs; the solver clears them before its steps
+                self.net.forward()
+                self.net.backward()
+                for n in sums:
+                    sums[n] += self.net.params[n][0].diff
+        return {n: s / guarantee.GRADIENT_BATCHES for n, s in sums.items()}
 
     def test(self) -> dict[str, Any]:
         """Test-set accuracy of the masked model (W*M), as saved."""

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import experiment_300100, stop_then_resume, without_timing
 
-from olmp import config, distill, pipeline, weights
+from olmp import config, distill, guarantee, pipeline, weights
 
 HOLDOUT = """
 [retrain]
@@ -107,8 +107,9 @@ def test_the_guarantee_only_restores_and_says_whether_it_reached(runs: dict[str,
     ratios = [s["ratio"] for s in g["steps"]]
     assert ratios == sorted(ratios, reverse=True) and len(g["steps"]) <= 1 + 3
     assert g["reached"] == (g["steps"][-1]["holdout_accuracy"] >= g["target_holdout_accuracy"])
+    after = masks_of(runs["levers"] / "pruned.caffemodel")
     if g["reached"]:  # the delivered model is the lossless one; final.caffemodel the one before the guarantee
-        before, after = masks_of(runs["levers"] / "final.caffemodel"), masks_of(runs["levers"] / "pruned.caffemodel")
+        before = masks_of(runs["levers"] / "final.caffemodel")
         for n in before:  # weights come back, none go
             assert not np.any(before[n] & ~after[n]), n
         assert g["steps"][-1]["holdout_accuracy"] == rec["final"]["holdout"]["accuracy"]
@@ -154,3 +155,41 @@ def test_the_lossless_table_reads_the_records(tmp_path: Path, runs: dict[str, Pa
     assert ("not reached" in row[5]) == (not g["reached"])
     delta = 100 * (b["test"]["accuracy"] - f["test"]["accuracy"])
     assert f"both levers (minus plain, same masks), test accuracy: {delta:+.2f} points" in text
+
+
+def test_regrowth_ranks_the_pruned_weights_by_their_gradient() -> None:
+    mask = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    grad = np.array([[9.0, -0.5, 0.1], [-3.0, 8.0, 2.0]])
+    assert list(guarantee.regrown(mask, grad, 2)) == [1 * 3 + 0, 1 * 3 + 2]  # |-3| and 2; kept 9 and 8 are not candidates
+    assert list(guarantee.regrown(mask, grad, 10)) == [1, 2, 3, 5]  # at most every pruned weight
+    assert guarantee.regrown(np.ones_like(mask), grad, 3).size == 0
+
+
+def test_the_regrowth_guarantee_grows_every_layer_from_zero(tmp_path: Path, lenet300100_model: Path) -> None:
+    """On a live run short of an unreachable target: every step grows every layer by the weights of largest
+    training gradient, which start at zero, and takes none away; the record says it did not reach."""
+    exp = experiment(tmp_path, lenet300100_model, "regrow", True)
+    exp = config.load(exp.source, ["retrain.guarantee_regrow=true", "retrain.guarantee_max_steps=2"])
+    pipe = pipeline.Pipeline(exp, tmp_path / "run", progress=False)
+    pipe.policy.update_masks(list(exp.layers))
+    for n in exp.layers:  # prune hard, so that there is room to grow
+        pipe.layers.update(n, 2.0 * float(np.std(pipe.layers.dense(n)[0])))
+    kept = [{n: pipe.layers.masks[n][0].copy() for n in exp.layers}]
+
+    def retrain(steps: int) -> None:
+        for n in exp.layers:
+            grown = (pipe.layers.masks[n][0] != 0) & (kept[-1][n] == 0)
+            assert grown.any(), n  # every layer grows
+            assert not np.any(pipe.layers.dense(n)[0][grown]), n  # from zero
+            assert not np.any((kept[-1][n] != 0) & (pipe.layers.masks[n][0] == 0)), n  # nothing taken away
+        kept.append({n: pipe.layers.masks[n][0].copy() for n in exp.layers})
+        for _ in range(steps):
+            pipe.sgd_step(0)
+
+    g = guarantee.regrow_until_lossless(pipe.layers, exp.retrain, 1.01, pipe._holdout_accuracy_loss, retrain,
+                                        pipe.ratio, pipe._gradient)
+    assert not g["reached"] and len(g["steps"]) == 1 + 2 and len(kept) == 3
+    ratios = [s["ratio"] for s in g["steps"]]
+    assert ratios[0] > ratios[1] > ratios[2]
+    grads = pipe._gradient()
+    assert set(grads) == set(exp.layers) and all(np.any(grads[n]) for n in exp.layers)
