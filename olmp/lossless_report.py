@@ -23,7 +23,8 @@ ARMS = ("plain", "distill", "average", "both")
 LABELS = {"plain": "held-out split only", "distill": "+ distillation", "average": "+ averaging",
           "both": "+ both levers", "plain + guarantee": "+ guarantee",
           "distill + guarantee": "+ distillation + guarantee", "average + guarantee": "+ averaging + guarantee",
-          "both + guarantee": "+ both levers + guarantee"}
+          "both + guarantee": "+ both levers + guarantee", "average + regrowth": "+ averaging + guarantee by regrowth"}
+GUARANTEES = ("+ guarantee", "+ regrowth")  # restoring dense values; regrowing from zero (retrain.guarantee_regrow)
 
 
 def levers(rec: RunRecord) -> str | None:
@@ -76,7 +77,8 @@ def table(runs: list[RunRecord]) -> dict[str, dict[str, dict[str, Any]]]:
         row = by_seed.setdefault(_row(rec), {})
         if a == "lossless":
             g = rec.raw.get("guarantee") or {}
-            row[f"{lever} + guarantee"] = {**_point(rec, a), "reached": g.get("reached"),
+            how = "regrowth" if (rec.experiment.get("retrain") or {}).get("guarantee_regrow") else "guarantee"
+            row[f"{lever} + {how}"] = {**_point(rec, a), "reached": g.get("reached"),
                                            "steps": len(g.get("steps", [])) - 1}
             row.setdefault(lever, _point(rec, lever))
         else:
@@ -98,8 +100,8 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
     by_seed = table(runs)
     if not by_seed:
         return None
-    guarantees = sorted({c for row in by_seed.values() for c in row if c.endswith("+ guarantee")},
-                        key=lambda c: ARMS.index(c.split(" + ")[0]))
+    guarantees = sorted({c for row in by_seed.values() for c in row if c.endswith(GUARANTEES)},
+                        key=lambda c: (ARMS.index(c.split(" + ")[0]), c))
     columns = [*ARMS[:4], *guarantees]
     any_rec = next(r for r in runs if arm(r) is not None)
     ref = any_rec.reference
@@ -135,7 +137,10 @@ def markdown(model: str, runs: list[RunRecord]) -> str | None:
                       + (f"; held-out: median {statistics.median(held):+.2f}" if held else "") + "."]
     lines += ["", f"Commands (S = seed): `olmp prune --experiment {model}_lossless --seed S --out "
               f"results/{model}/lossless-seedS`, `olmp prune --experiment {model}_holdout --seed S --out "
-              f"results/{model}/holdout-ncs-seedS`; every run is listed in sweeps/lossless.toml."]
+              f"results/{model}/holdout-ncs-seedS`"
+              + (f", `olmp prune --experiment {model}_lossless_regrow --seed S --out "
+                 f"results/{model}/lossless-regrow-seedS`" if any(c.endswith("+ regrowth") for c in columns) else "")
+              + "; every run is listed in sweeps/lossless.toml."]
     return "\n".join(lines) + "\n"
 
 
