@@ -47,7 +47,9 @@ class Distribution:
 
 DISTRIBUTIONS: dict[str, tuple[Distribution, ...]] = {
     m: (Distribution("released-authors", "released mode, authors' reference", f"{m}_released", "sampling", False),
-        Distribution("ncs", "paper's rule (NCS), our reference", m, "ncs", True))
+        Distribution("ncs", "paper's rule (NCS), our reference", m, "ncs", True),
+        Distribution("lossless", "lossless configuration (held-out split, averaging, guarantee)", f"{m}_lossless",
+                     "ncs", True))
     for m in ("lenet300100", "lenet5")
 }
 

@@ -136,7 +136,8 @@ def test_distribution_sweeps_list_the_seeds_the_summary_counts() -> None:
     """The sweep files name each distribution's seeds: 20 / 10 distinct, the authors' ones with their delta."""
     want = {"lenet300100-released-authors-seeds": ("lenet300100_released", 20),
             "lenet300100-ncs-seeds": ("lenet300100", 20),
-            "lenet5-released-authors-seeds": ("lenet5_released", 10), "lenet5-ncs-seeds": ("lenet5", 10)}
+            "lenet5-released-authors-seeds": ("lenet5_released", 10), "lenet5-ncs-seeds": ("lenet5", 10),
+            "lenet300100-lossless-seeds": ("lenet300100_lossless", 10)}
     for name, (experiment, n) in want.items():
         sw = sweep.read(REPO / "sweeps" / f"{name}.toml")
         assert {r.experiment for r in sw.runs} == {experiment}
