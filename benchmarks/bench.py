@@ -41,6 +41,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import report  # noqa: E402
 
 from olmp import atomic, caffe_run, config, evaluate, reports, tables  # noqa: E402
 from olmp import masks as mask_rule  # noqa: E402
@@ -226,9 +228,7 @@ def machine() -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Benchmarks", "",
-             f"Made by `{result['command']}` on {result['machine']['cpu']} "
-             f"({result['machine']['cores']} cores, OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, "
-             f"load average at start {result['machine']['load_average'][0]:.2f}), {result['machine']['date']}.",
+             report.made_by(result),
              "Ratios and medians are measured inside this one run; the pipeline rows come from run records.", ""]
     models = {k: r for k, r in result.items() if k not in ("machine", "command")}
     lines += tables.markdown(

@@ -20,6 +20,13 @@ def timing_options(ap: argparse.ArgumentParser, pipeline_help: str) -> None:
     ap.add_argument("--worker", type=int, metavar="CHUNK", help=argparse.SUPPRESS)
 
 
+def made_by(res: dict[str, Any]) -> str:
+    """The sentence that says which command made a report, on what machine and under what load."""
+    m = res["machine"]
+    return (f"Made by `{res['command']}` on {m['cpu']} ({m['cores']} cores, OPENBLAS_NUM_THREADS="
+            f"{m['openblas_threads']}, load average at start {m['load_average'][0]:.2f}), {m['date']}.")
+
+
 def write(out: str | Path, name: str, res: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
     """``<out>/<name>.json`` and ``.md``, each written atomically, and the table on stdout."""
     from olmp import atomic

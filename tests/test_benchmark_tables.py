@@ -34,6 +34,7 @@ def script(path: str) -> ModuleType:
     ("benchmarks/step_roofline.py", "step_roofline_lenet5"),
     ("benchmarks/step_roofline.py", "step_roofline_lenet300100"),
     ("benchmarks/frozen_step.py", "frozen_step"),
+    ("benchmarks/lossless_cost.py", "lossless_cost"),
 ])
 def test_committed_benchmark_report_is_its_json_rewritten(path: str, name: str) -> None:
     res = json.loads((BENCH / f"{name}.json").read_text())

@@ -80,3 +80,16 @@ def test_step_roofline_counts_the_lenet5_step_and_reports_each_path(tmp_path: Pa
         assert p["plain_ms"] > 0 and 0 < p["plain_fraction"] < 1 and set(p["layers"]) >= set(by_hand)
     md = (tmp_path / "step_roofline_lenet5_quick.md").read_text()
     assert f"**{res['step_gflop']:.3f} GFLOP**" in md and "| g8t1 |" in md
+
+
+def test_lossless_cost_benchmark_quick(tmp_path: Path, mnist_dir: Path) -> None:
+    """Distillation runs the teacher's forward pass too, so a distilled step costs more than a plain one;
+    an averaging snapshot, taken every average_every steps, costs a small fraction of them."""
+    r = subprocess.run([sys.executable, "benchmarks/lossless_cost.py", "--quick", "--models", "lenet300100",
+                        "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "lossless_cost_quick.json").read_text())
+    step = res["steps"]["lenet300100"]
+    assert step["distill_step_ms"] > step["step_ms"] > 0 and step["distill_over_plain"] > 1
+    assert 0 < step["average_per_step_fraction"] < 0.1 and step["average_every"] == 100
+    assert res["runs"] == [] and "| lenet300100 |" in (tmp_path / "lossless_cost_quick.md").read_text()
