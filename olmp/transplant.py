@@ -161,6 +161,18 @@ def read_record(path: Path) -> dict[str, Any]:
     return rec
 
 
+def levers_of(rec: dict[str, Any]) -> str:
+    """The retraining levers a transplant record says it used; "-" for the plain retraining."""
+    out = []
+    if "distillation" in rec:
+        out.append(f"distillation (weight {rec['distillation']['weight']:g}, T {rec['distillation']['temperature']:g})")
+    if "averaging" in rec:
+        a = rec["averaging"]
+        out.append(f"averaging (last {a['last']}, every {a['every']}; last iterate "
+                   f"{100 * a['test_last_iterate']:.2f}%)")
+    return ", ".join(out) or "-"
+
+
 def write_table(folder: str | Path) -> dict[str, Any]:
     """mask-transplant.json and .md from every ``*/record.json`` under ``folder``/transplant."""
     folder = Path(folder)
@@ -168,15 +180,17 @@ def write_table(folder: str | Path) -> dict[str, Any]:
     for p in sorted((folder / "transplant").glob("*/record.json")):
         r = read_record(p)
         rows.append({"run": p.parent.name, **{k: r[k] for k in ("masks", "weights", "ratio", "test_before",
-                                                                 "test_final", "test_best_over_curve")}})
+                                                                 "test_final", "test_best_over_curve")},
+                     "levers": levers_of(r)})
     if not rows:
         raise OlmpError("no transplant records (*/record.json) found", folder / "transplant")
     atomic.write_json(folder / "mask-transplant.json", {"rows": rows})
     lines = tables.markdown(
-        ["run", "masks from", "weights from", "ratio", "test before retraining", "final test accuracy",
-         "best over the curve (chosen on the test set)"],
-        ([r["run"], f"`{r['masks']}`", f"`{r['weights']}`", f"{r['ratio']:.1f}x", f"{100 * r['test_before']:.2f}%",
-          f"{100 * r['test_final']:.2f}%", f"{100 * r['test_best_over_curve']:.2f}%"] for r in rows))
+        ["run", "masks from", "weights from", "retraining levers", "ratio", "test before retraining",
+         "final test accuracy", "best over the curve (chosen on the test set)"],
+        ([r["run"], f"`{r['masks']}`", f"`{r['weights']}`", r["levers"], f"{r['ratio']:.1f}x",
+          f"{100 * r['test_before']:.2f}%", f"{100 * r['test_final']:.2f}%", f"{100 * r['test_best_over_curve']:.2f}%"]
+         for r in rows))
     text = (folder / "mask-transplant.md").read_text() if (folder / "mask-transplant.md").is_file() else ""
     head, sep, tail = text.partition("<!-- table -->")
     table = "\n".join(lines) + "\n"
