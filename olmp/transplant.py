@@ -7,7 +7,11 @@ momentum), the training minibatches the pipeline would read from there, and
 ``niter - prune_stop_iter`` steps. Pruned weights never reach the forward pass. Comparing
 mask sources on the same weights, and weight sources under the same masks, separates the two.
 
-    olmp transplant --experiment lenet5 --masks M.caffemodel --weights W.caffemodel --out DIR
+The experiment's retraining levers apply here too (``--set retrain.average_last=5000``, ``--set
+retrain.distill_weight=0.5``: the dense weights being retrained are the teacher), so a lever can be
+judged on masks that no search of ours made, such as the released ones.
+
+    olmp transplant --experiment lenet5 --masks M.caffemodel --weights W.caffemodel --out DIR [--set K=V ...]
     olmp transplant --table results/diagnosis      # mask-transplant.json and .md from the records
 """
 
