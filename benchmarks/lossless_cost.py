@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import report  # noqa: E402
 from bench import machine  # noqa: E402
 
-from olmp import config, distill, pipeline, tables  # noqa: E402
+from olmp import config, distill, pipeline, provenance, tables  # noqa: E402
 from olmp.averaging import WeightAverage  # noqa: E402
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
     args = ap.parse_args(argv)
     chunk, repeats = (5, 2) if args.quick else (50, 10)
-    res: dict[str, Any] = {"machine": machine(),
+    res: dict[str, Any] = {"machine": machine(), "provenance": provenance.collect(),
                            "command": "python benchmarks/lossless_cost.py " + " ".join(argv or sys.argv[1:]),
                            "steps": {m: step_costs(m, chunk, repeats) for m in args.models},
                            "runs_model": "lenet300100",

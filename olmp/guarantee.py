@@ -60,11 +60,9 @@ def restore_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: flo
     image's margin, where the accuracy of 5,000 images moves in steps of 0.02 points and a small
     restoration mostly leaves it where it was. When no layer lowers the loss, the one that raises it least.
     """
-    with layers.masked():
-        acc, loss = holdout()
-    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc, "holdout_loss": loss}]
     now = thresholds(layers)
-    while acc < target and len(steps) <= cfg.guarantee_max_steps:
+
+    def step(loss: float) -> dict[str, Any] | None:
         best: tuple[float, str, list[np.ndarray], float] | None = None
         for n in layers.names:
             t = now[n] * cfg.guarantee_factor
@@ -81,17 +79,37 @@ def restore_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: flo
             if best is None or score > best[0]:
                 best = (score, n, new, t)
         if best is None:  # every threshold is at the bottom: nothing left to restore
-            break
+            return None
         _, name, new, t = best
         layers.set_masks(name, new)
         now[name] = t
+        return {"layer": name, "threshold": t}
+
+    return _until_lossless(layers, cfg, target, holdout, retrain, ratio, step,
+                           lambda f: f"{f['layer']} threshold {f['threshold']:.4g}", progress)
+
+
+def _until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: float,
+                    holdout: Callable[[], tuple[float, float]], retrain: Callable[[int], None],
+                    ratio: Callable[[], float], step: Callable[[float], dict[str, Any] | None],
+                    says: Callable[[dict[str, Any]], str], progress: Callable[[str], None] | None,
+                    ) -> dict[str, Any]:
+    """The guarantee's loop, whatever a step changes: ``step(loss)`` changes the masks and returns what
+    the record keeps of it (None: nothing left to change); then retrain, score, record, report."""
+    with layers.masked():
+        acc, loss = holdout()
+    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc, "holdout_loss": loss}]
+    while acc < target and len(steps) <= cfg.guarantee_max_steps:
+        fields = step(loss)
+        if fields is None:
+            break
         retrain(cfg.guarantee_retrain)
         with layers.masked():
             acc, loss = holdout()
-        steps.append({"step": len(steps), "layer": name, "threshold": t, "ratio": ratio(), "holdout_accuracy": acc,
+        steps.append({"step": len(steps), **fields, "ratio": ratio(), "holdout_accuracy": acc,
                       "holdout_loss": loss})
         if progress:
-            progress(f"guarantee step {len(steps) - 1}: {name} threshold {t:.4g}, {ratio():.1f}x, "
+            progress(f"guarantee step {len(steps) - 1}: {says(fields)}, {ratio():.1f}x, "
                      f"held-out {acc:.4f} (target {target:.4f}), loss {loss:.4f}")
     return {"target_holdout_accuracy": target, "reached": acc >= target, "steps": steps}
 
@@ -123,10 +141,8 @@ def regrow_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: floa
     the retraining moves them. ``gradient()`` gives each layer's weight gradient at W*M.
     """
     grow = 1.0 / cfg.guarantee_factor - 1.0
-    with layers.masked():
-        acc, loss = holdout()
-    steps: list[dict[str, Any]] = [{"step": 0, "ratio": ratio(), "holdout_accuracy": acc, "holdout_loss": loss}]
-    while acc < target and len(steps) <= cfg.guarantee_max_steps:
+
+    def step(loss: float) -> dict[str, Any] | None:
         grads = gradient()
         grew: dict[str, int] = {}
         for n in layers.names:
@@ -138,14 +154,7 @@ def regrow_until_lossless(layers: MaskedLayers, cfg: RetrainConfig, target: floa
                 layers.dense(n)[0].reshape(-1)[idx] = 0.0
                 layers.set_masks(n, new)
                 grew[n] = int(idx.size)
-        if not grew:  # every weight is back: nothing left to regrow
-            break
-        retrain(cfg.guarantee_retrain)
-        with layers.masked():
-            acc, loss = holdout()
-        steps.append({"step": len(steps), "regrown": grew, "ratio": ratio(), "holdout_accuracy": acc,
-                      "holdout_loss": loss})
-        if progress:
-            progress(f"guarantee step {len(steps) - 1}: regrew {sum(grew.values())} weights, {ratio():.1f}x, "
-                     f"held-out {acc:.4f} (target {target:.4f}), loss {loss:.4f}")
-    return {"target_holdout_accuracy": target, "reached": acc >= target, "steps": steps}
+        return {"regrown": grew} if grew else None  # None: every weight is back, nothing left to regrow
+
+    return _until_lossless(layers, cfg, target, holdout, retrain, ratio, step,
+                           lambda f: f"regrew {sum(f['regrown'].values())} weights", progress)

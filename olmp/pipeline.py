@@ -75,7 +75,7 @@ class Pipeline:
                                  straight_through=policy_class.straight_through, source=exp.solver,
                                  layers_source=exp.source)
         self.solver, self.net, self.test_net = run.solver, run.net, run.test_net
-        self.test_images = evaluate.test_set_size(self.net_param)
+        self.test_images = run.test_images
         self.data_layer = run.data_layer
         self.types = run.types
         self.reference = run.reference

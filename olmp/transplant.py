@@ -33,6 +33,7 @@ from olmp import (
     distill,
     evaluate,
     prototxt,
+    provenance,
     schemas,
     tables,
     train,
@@ -126,6 +127,7 @@ def retrain(exp: Experiment, masks_path: str | Path, weights_path: str | Path, p
     total, remaining = layers.total(), layers.remaining()
     return {
         **levers,
+        "provenance": provenance.collect(),  # the convolution group (the build's arithmetic) among the rest
         "experiment": exp.source,
         "masks": str(masks_path),
         "weights": str(weights_path),
