@@ -329,10 +329,10 @@ def frontier_figure(model: str, runs: Sequence[RunRecord], best: str | None) -> 
         for d, x, y, n in line:
             ax.annotate(f"δ={d:g} ({n})", (x, y), textcoords="offset points", xytext=(3, -9), fontsize=6,
                         color=CATEGORIES["paper's rule"])
-    labels: list[list[float]] = []  # references within 0.05 points share one label
+    labels: list[list[float]] = []  # references within 0.2 points share one label: two would overlap
     for ref in refs:
         ax.axhline(ref, color="grey", linestyle="--", linewidth=0.8)
-        if labels and ref - labels[-1][-1] < 0.0005:
+        if labels and ref - labels[-1][0] < 0.002:
             labels[-1].append(ref)
         else:
             labels.append([ref])
